@@ -1,0 +1,34 @@
+// muon/adamw_rule.hpp: AdamW with torch.optim.AdamW's semantics, for the parameters Muon does not
+// take (embeddings, the LM head, norms, biases).
+//
+// W ← W·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; W ← W − lr·m̂/(√v̂ + ε), with the bias
+// corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ). Moonlight's defaults: β = (0.9, 0.95), ε = 1e-8.
+#pragma once
+
+#include <span>
+
+#include "muon/backend.hpp"
+
+namespace muon {
+
+struct AdamWOptions {
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+};
+
+struct AdamWSlot {
+  std::span<float> value;
+  std::span<const float> grad;
+  std::span<float> exp_avg;
+  std::span<float> exp_avg_sq;
+};
+
+template <Backend B>
+void adamw_update(B& backend, const AdamWSlot& s, const AdamWOptions& o, float lr, float weight_decay,
+                  float grad_scale, std::int64_t step) {
+  backend.adamw(s.value, s.grad, s.exp_avg, s.exp_avg_sq,
+                AdamWStep{lr, o.beta1, o.beta2, o.eps, weight_decay, grad_scale, step});
+}
+
+}  // namespace muon

@@ -1,0 +1,88 @@
+// muon/backend.hpp: THE seam between the update rules and the hardware.
+//
+// The Muon and AdamW rules (muon_rule.hpp, adamw_rule.hpp, orthogonalize.hpp) are written once,
+// against the ten operations of `muon::Backend`. A backend brings its own memory (`Buffer`, from
+// `allocate`) and implements the operations on float32 data in that memory. The Eigen backend
+// (backends/eigen.hpp) models it on the CPU; tests/test_toy_backend.cpp models it with
+// std::vector and plain loops, which is the proof that the seam is small and real.
+//
+// Conventions every backend must keep (the rules rely on them):
+//   - β = 0 means the output is not read (it may hold NaN), as in BLAS;
+//   - outputs never alias inputs unless an operation says so;
+//   - `gram` must leave the whole n×n result filled (a backend that computes one triangle
+//     mirrors it);
+//   - `sum_squares` accumulates in double, so a non-finite element shows as a non-finite sum:
+//     the one pass serves both the clipping norm and the NaN/Inf guard.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <span>
+
+#include "muon/tensor.hpp"
+
+namespace muon {
+
+enum class Transpose : bool { no = false, yes = true };
+
+// Which Gram matrix of X (r×c): X·Xᵀ (r×r, `rows`) or Xᵀ·X (c×c, `cols`).
+enum class GramSide { rows, cols };
+
+// Where ε goes in the Frobenius normalisation before Newton–Schulz. The references disagree:
+// KellerJordan/Muon and Moonlight use X/(‖X‖+ε) (`add`); torch.optim.Muon uses X/max(‖X‖,ε) (`max`).
+enum class NormEps { add, max };
+
+// Momentum buffer forms. `sum`: M ← μM + G, Nesterov input G + μM (Moonlight, the paper).
+// `ema`: M ← μM + (1−μ)G, Nesterov input (1−μ)G + μM (KellerJordan/Muon, torch.optim.Muon code).
+enum class MomentumForm { sum, ema };
+
+struct MomentumStep {
+  float mu = 0.95f;
+  MomentumForm form = MomentumForm::sum;
+  bool nesterov = true;
+  float grad_scale = 1.0f;  // the clipping factor, applied to G on the fly; G itself is not written
+};
+
+// One torch-semantics AdamW step on one tensor: W ← W(1 − lr·wd), then
+// W ← W − lr·m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
+struct AdamWStep {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;
+  float grad_scale = 1.0f;
+  std::int64_t step = 1;  // 1-based, after increment
+};
+
+template <class B>
+concept Backend = requires(B& b, typename B::Buffer& buffer, std::int64_t n, float s,
+                           MatrixStack<float> out, MatrixStack<const float> in, Transpose t,
+                           GramSide side, NormEps eps_mode, std::span<float> y,
+                           std::span<const float> x, std::span<float> host,
+                           std::span<const float> host_in, MomentumStep momentum,
+                           AdamWStep adamw) {
+  typename B::Buffer;
+  // Zero-filled memory for n floats in the backend's memory space; the backend may pool it.
+  { b.allocate(n) } -> std::same_as<typename B::Buffer>;
+  { buffer.span() } -> std::same_as<std::span<float>>;
+  // C = α·op(A)·op(B) + β·C, per matrix of same-shape stacks (A and B may alias each other).
+  b.gemm(s, in, t, in, t, s, out);
+  // C = α·X·Xᵀ + β·C (or Xᵀ·X), C symmetric: a backend may compute one triangle and mirror.
+  b.gram(s, in, side, s, out);
+  // y = α·x + β·y, elementwise (x may equal y).
+  b.axpby(s, x, s, y);
+  // Per matrix of the stack: X ← X/(‖X‖_F + ε) or X/max(‖X‖_F, ε).
+  b.normalize(out, s, eps_mode);
+  // Fused momentum: M updated in place from G; U receives the Newton–Schulz input.
+  b.momentum(y, x, momentum, y);
+  // Fused AdamW on one tensor: W, m, v updated in place from G.
+  b.adamw(y, x, y, y, adamw);
+  // Σ x², accumulated in double.
+  { b.sum_squares(x) } -> std::same_as<double>;
+  // Copies between the backend's memory and host memory (state save and load).
+  b.to_host(x, host);
+  b.from_host(host_in, y);
+};
+
+}  // namespace muon

@@ -1,0 +1,19 @@
+// muon/muon.hpp: the whole core in one include.
+//
+// Muon (momentum → Newton–Schulz → update scaled to AdamW's RMS, decoupled weight decay) for
+// hidden matrices and AdamW for the rest, written once against the muon::Backend concept.
+// Include a backend too, e.g. <muon/backends/eigen.hpp>.
+#pragma once
+
+#include "muon/adamw_rule.hpp"       // IWYU pragma: export
+#include "muon/backend.hpp"          // IWYU pragma: export
+#include "muon/coefficients.hpp"     // IWYU pragma: export
+#include "muon/error.hpp"            // IWYU pragma: export
+#include "muon/muon_rule.hpp"        // IWYU pragma: export
+#include "muon/optimizer.hpp"        // IWYU pragma: export
+#include "muon/options.hpp"          // IWYU pragma: export
+#include "muon/orthogonalize.hpp"    // IWYU pragma: export
+#include "muon/parameter.hpp"        // IWYU pragma: export
+#include "muon/schedule.hpp"         // IWYU pragma: export
+#include "muon/tensor.hpp"           // IWYU pragma: export
+#include "muon/version.hpp"          // IWYU pragma: export

@@ -1,0 +1,67 @@
+// muon/muon_rule.hpp: the Muon update of one shape group, as Moonlight has it.
+//
+// For every matrix: momentum → Nesterov input U → Newton–Schulz (batched over all matrices of
+// the same shape) → decoupled decay W ← W·(1 − lr·wd) with the unadjusted lr → W ← W − lr·s·O.
+// s is the update scale (ScaleMode); Moonlight's 0.2·√max(rows, cols) gives the update AdamW's
+// RMS, so one lr and wd serve both rules (arXiv 2502.16982, Eq. 4).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+
+#include "muon/backend.hpp"
+#include "muon/orthogonalize.hpp"
+
+namespace muon {
+
+// How the orthogonalised update is scaled; names say the formula, since the references'
+// names collide (ALGORITHMS.md §4).
+enum class ScaleMode {
+  match_adamw_rms,  // 0.2·√max(rows, cols): update RMS 0.2, like AdamW (Moonlight, the default)
+  keller,           // √max(1, rows/cols) (KellerJordan/Muon, torch.optim.Muon "original")
+  none,             // 1
+};
+
+struct MuonOptions {
+  float momentum = 0.95f;
+  MomentumForm momentum_form = MomentumForm::sum;
+  bool nesterov = true;
+  ScaleMode scale = ScaleMode::match_adamw_rms;
+  NsOptions ns{};
+};
+
+[[nodiscard]] inline double update_scale(ScaleMode mode, std::int64_t rows, std::int64_t cols) {
+  switch (mode) {
+    case ScaleMode::match_adamw_rms: return 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)));
+    case ScaleMode::keller:
+      return std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
+    case ScaleMode::none: return 1.0;
+  }
+  return 1.0;
+}
+
+// One Muon matrix (or expert stack) as the rule sees it: its value, gradient and momentum, all in
+// the backend's memory, and where its Newton–Schulz input lives inside the group's stack.
+struct MuonSlot {
+  std::span<float> value;
+  std::span<const float> grad;
+  std::span<float> momentum;
+  std::span<float> ns_input;
+};
+
+// Updates every matrix of one shape group: `stack` holds all their Newton–Schulz inputs back to
+// back (rows×cols each), so one batched orthogonalisation serves the whole group.
+template <Backend B>
+void muon_update(B& backend, std::span<const MuonSlot> slots, MatrixStack<float> stack,
+                 NsWorkspace<B>& ws, const MuonOptions& o, float lr, float weight_decay,
+                 float grad_scale) {
+  const MomentumStep ms{o.momentum, o.momentum_form, o.nesterov, grad_scale};
+  for (const MuonSlot& s : slots) backend.momentum(s.momentum, s.grad, ms, s.ns_input);
+  orthogonalize(backend, stack, o.ns, ws);
+  const auto step = static_cast<float>(lr * update_scale(o.scale, stack.rows, stack.cols));
+  const float decay = 1.0f - lr * weight_decay;
+  for (const MuonSlot& s : slots) backend.axpby(-step, s.ns_input, decay, s.value);
+}
+
+}  // namespace muon

@@ -1,0 +1,292 @@
+// muon/optimizer.hpp: the optimizer users hold. One `step()` runs the whole update:
+//
+//   gradients → guard (all finite? shapes right?) → global-norm clip (optional)
+//     Muon params:  momentum → Newton–Schulz, batched per shape → scale → decay + apply
+//     AdamW params: fused AdamW
+//
+// It never owns the model's memory: the parameter table points at values and gradients in the
+// backend's memory. It owns the state (momentum; AdamW moments), created eagerly, and saves and
+// loads it as one safetensors file keyed by parameter name.
+//
+//   muon::Optimizer<muon::EigenBackend> opt(params, muon::Options{.lr = 4.2e-4});
+//   for (...) { model.backward(); opt.step(); }
+#pragma once
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "muon/adamw_rule.hpp"
+#include "muon/backend.hpp"
+#include "muon/error.hpp"
+#include "muon/io/safetensors.hpp"
+#include "muon/muon_rule.hpp"
+#include "muon/options.hpp"
+#include "muon/options_json.hpp"
+#include "muon/parameter.hpp"
+
+namespace muon {
+
+// What one step did.
+struct StepReport {
+  std::int64_t step = 0;       // completed steps after this one
+  double grad_norm = 0.0;      // global L2 norm of the gradients, before clipping
+  double grad_scale = 1.0;     // the clipping factor applied (1 when not clipped)
+  double lr = 0.0;             // base lr times the schedule factor
+  bool skipped = false;        // a non-finite gradient was skipped (OnNonFinite::skip)
+};
+
+template <class B>
+class Optimizer {
+  static_assert(Backend<B>,
+                "muon::Optimizer<B>: B does not model muon::Backend. A backend needs a Buffer type and "
+                "the operations allocate, gemm, gram, axpby, normalize, momentum, adamw, sum_squares, "
+                "to_host and from_host with the signatures in muon/backend.hpp.");
+
+ public:
+  using Buffer = typename B::Buffer;
+
+  explicit Optimizer(std::vector<Parameter> params, Options options = {}, B backend = {})
+      : backend_(std::move(backend)), params_(std::move(params)), options_(std::move(options)) {
+    validate(options_);
+    check_table();
+    build_state();
+  }
+
+  StepReport step() {
+    StepReport report;
+    double total = 0.0;
+    for (const Parameter& p : params_) {
+      check_gradient(p);
+      const double ss = backend_.sum_squares(p.grad.span());
+      if (!std::isfinite(ss)) {
+        if (options_.on_non_finite == OnNonFinite::skip) {
+          ++skipped_;
+          report.step = step_;
+          report.skipped = true;
+          return report;
+        }
+        throw NonFiniteGradient(p.name, "gradient of parameter '" + p.name +
+                                            "' holds NaN or Inf; the step was rejected and nothing "
+                                            "changed (set Options.on_non_finite = skip to skip such steps)");
+      }
+      total += ss;
+    }
+    report.grad_norm = std::sqrt(total);
+    if (options_.max_grad_norm > 0.0) {
+      // torch.nn.utils.clip_grad_norm_'s factor, so clipped runs match PyTorch's.
+      const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);
+      if (coef < 1.0) report.grad_scale = coef;
+    }
+    const double factor = lr_factor(options_.schedule, step_);
+    report.lr = options_.lr * factor;
+    ++step_;
+    report.step = step_;
+
+    const auto scale = static_cast<float>(report.grad_scale);
+    const auto muon_lr = static_cast<float>(options_.muon_group.lr.value_or(options_.lr) * factor);
+    const auto muon_wd = static_cast<float>(options_.muon_group.weight_decay.value_or(options_.weight_decay));
+    for (MuonGroup& g : groups_) {
+      std::vector<MuonSlot> slots;
+      slots.reserve(g.members.size());
+      for (MuonMember& m : g.members) {
+        const Parameter& p = params_[m.index];
+        slots.push_back({p.value.span(), p.grad.span(), m.momentum.span(),
+                         g.stack.span().subspan(static_cast<std::size_t>(m.offset),
+                                                static_cast<std::size_t>(p.value.size()))});
+      }
+      const MatrixStack<float> stack{g.stack.span().data(), g.batch, g.rows, g.cols};
+      muon_update(backend_, std::span<const MuonSlot>(slots), stack, *g.workspace, options_.muon, muon_lr,
+                  muon_wd, scale);
+    }
+    const auto adamw_lr = static_cast<float>(options_.adamw_group.lr.value_or(options_.lr) * factor);
+    const auto adamw_wd = static_cast<float>(options_.adamw_group.weight_decay.value_or(options_.weight_decay));
+    for (AdamWMember& a : adamw_) {
+      const Parameter& p = params_[a.index];
+      adamw_update(backend_, AdamWSlot{p.value.span(), p.grad.span(), a.exp_avg.span(), a.exp_avg_sq.span()},
+                   options_.adamw, adamw_lr, adamw_wd, scale, step_);
+    }
+    return report;
+  }
+
+  [[nodiscard]] std::int64_t step_count() const { return step_; }
+  [[nodiscard]] std::int64_t skipped_steps() const { return skipped_; }
+  [[nodiscard]] const Options& options() const { return options_; }
+  void set_options(Options options) {
+    validate(options);
+    options_ = std::move(options);
+  }
+  [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
+  [[nodiscard]] Rule rule_of(std::string_view name) const { return route(params_.at(index_of(name))); }
+  [[nodiscard]] B& backend() { return backend_; }
+
+  // Writes every state buffer, the step counts and the options, atomically.
+  void save(const std::filesystem::path& path) {
+    std::vector<std::vector<float>> host;
+    std::vector<safetensors::TensorToWrite> tensors;
+    host.reserve(state_count());
+    const auto add = [&](const Parameter& p, const char* what, Buffer& buffer) {
+      auto& h = host.emplace_back(static_cast<std::size_t>(p.value.size()));
+      backend_.to_host(buffer.span(), h);
+      tensors.push_back(safetensors::tensor_f32(p.name + "/" + what, p.value.shape, h));
+    };
+    for (MuonGroup& g : groups_)
+      for (MuonMember& m : g.members) add(params_[m.index], "momentum", m.momentum);
+    for (AdamWMember& a : adamw_) {
+      add(params_[a.index], "exp_avg", a.exp_avg);
+      add(params_[a.index], "exp_avg_sq", a.exp_avg_sq);
+    }
+    safetensors::write(path, tensors,
+                       {{"format", kStateFormat},
+                        {"step", std::to_string(step_)},
+                        {"skipped_steps", std::to_string(skipped_)},
+                        {"options", to_json(options_).dump()}});
+  }
+
+  // Restores a state saved by `save` for the same parameter table (names, shapes, rules). Checks
+  // everything before changing anything: on any error the optimizer is as it was.
+  void load(const std::filesystem::path& path) {
+    const auto file = safetensors::File::open(path);
+    const auto fail = [&](const std::string& what) {
+      throw StateMismatch("optimizer state '" + path.string() + "': " + what);
+    };
+    const auto& meta = file.metadata();
+    for (const char* key : {"format", "step", "skipped_steps", "options"})
+      if (!meta.contains(key)) fail(std::string("metadata has no '") + key + "'; not a muon optimizer state");
+    if (meta.at("format") != kStateFormat)
+      fail("format '" + meta.at("format") + "' is not '" + std::string(kStateFormat) + "'");
+    Options loaded;
+    try {
+      loaded = options_from_json(nlohmann::json::parse(meta.at("options")));
+    } catch (const std::exception& e) {
+      fail(std::string("saved options are unreadable: ") + e.what());
+    }
+    std::set<std::string> expected;
+    std::vector<std::pair<Buffer*, std::vector<float>>> staged;
+    const auto stage = [&](const Parameter& p, const char* what, Buffer& buffer) {
+      const std::string name = p.name + "/" + what;
+      expected.insert(name);
+      if (!file.contains(name))
+        fail("tensor '" + name + "' is missing (parameter '" + p.name + "' has no saved " + what + ")");
+      const auto& info = file.info(name);
+      if (info.dtype != safetensors::DType::F32)
+        fail("tensor '" + name + "' has dtype " + std::string(safetensors::dtype_name(info.dtype)) + ", expected F32");
+      if (info.shape != p.value.shape)
+        fail("tensor '" + name + "' has shape " + to_string(info.shape) + ", the parameter has " +
+             to_string(p.value.shape));
+      staged.emplace_back(&buffer, file.to_float(name));
+    };
+    for (MuonGroup& g : groups_)
+      for (MuonMember& m : g.members) stage(params_[m.index], "momentum", m.momentum);
+    for (AdamWMember& a : adamw_) {
+      stage(params_[a.index], "exp_avg", a.exp_avg);
+      stage(params_[a.index], "exp_avg_sq", a.exp_avg_sq);
+    }
+    for (const std::string& name : file.names())
+      if (!expected.contains(name)) fail("tensor '" + name + "' matches no parameter of this optimizer");
+    std::int64_t step = 0, skipped = 0;
+    try {
+      step = std::stoll(meta.at("step"));
+      skipped = std::stoll(meta.at("skipped_steps"));
+    } catch (const std::exception&) {
+      fail("metadata 'step' or 'skipped_steps' is not an integer");
+    }
+    for (auto& [buffer, values] : staged) backend_.from_host(values, buffer->span());
+    options_ = std::move(loaded);
+    step_ = step;
+    skipped_ = skipped;
+  }
+
+ private:
+  static constexpr const char* kStateFormat = "muon.optimizer_state.v1";
+
+  struct MuonMember {
+    std::size_t index;
+    Buffer momentum;
+    std::int64_t offset;  // of this parameter's matrices in the group's stack, in elements
+  };
+  struct MuonGroup {
+    MuonGroup(std::int64_t r, std::int64_t c) : rows(r), cols(c) {}
+    std::int64_t rows, cols, batch = 0;
+    std::vector<MuonMember> members;
+    Buffer stack;
+    std::optional<NsWorkspace<B>> workspace;
+  };
+  struct AdamWMember {
+    std::size_t index;
+    Buffer exp_avg, exp_avg_sq;
+  };
+
+  void check_table() const {
+    if (params_.empty())
+      throw InvalidArgument("the parameter table is empty: give the optimizer at least one parameter");
+    std::set<std::string> seen;
+    for (const Parameter& p : params_) {
+      if (p.name.empty()) throw InvalidArgument("a parameter has an empty name; every parameter needs a unique name");
+      if (!seen.insert(p.name).second) throw InvalidArgument("parameter name '" + p.name + "' appears twice");
+      for (const std::int64_t d : p.value.shape)
+        if (d <= 0) throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
+                                          "; every dimension must be positive");
+      if (p.value.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no value pointer");
+      check_gradient(p);
+      (void)route(p);
+    }
+  }
+
+  static void check_gradient(const Parameter& p) {
+    if (p.grad.data == nullptr)
+      throw InvalidArgument("parameter '" + p.name + "' has no gradient pointer");
+    if (p.grad.shape != p.value.shape)
+      throw ShapeMismatch("gradient of parameter '" + p.name + "' has shape " + to_string(p.grad.shape) +
+                          ", the parameter has " + to_string(p.value.shape));
+  }
+
+  void build_state() {
+    std::map<std::pair<std::int64_t, std::int64_t>, std::size_t> group_of_shape;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Parameter& p = params_[i];
+      if (route(p) == Rule::adamw) {
+        adamw_.push_back({i, backend_.allocate(p.value.size()), backend_.allocate(p.value.size())});
+        continue;
+      }
+      const auto& s = p.value.shape;
+      const std::int64_t rows = s[s.size() - 2], cols = s[s.size() - 1];
+      const auto [it, added] = group_of_shape.try_emplace({rows, cols}, groups_.size());
+      if (added) groups_.emplace_back(rows, cols);
+      MuonGroup& g = groups_[it->second];
+      g.members.push_back({i, backend_.allocate(p.value.size()), g.batch * rows * cols});
+      g.batch += p.value.size() / (rows * cols);
+    }
+    for (MuonGroup& g : groups_) {
+      g.stack = backend_.allocate(g.batch * g.rows * g.cols);
+      g.workspace.emplace(backend_, MatrixStack<const float>{g.stack.span().data(), g.batch, g.rows, g.cols});
+    }
+  }
+
+  [[nodiscard]] std::size_t index_of(std::string_view name) const {
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (params_[i].name == name) return i;
+    throw InvalidArgument("no parameter named '" + std::string(name) + "'");
+  }
+
+  [[nodiscard]] std::size_t state_count() const {
+    std::size_t n = 2 * adamw_.size();
+    for (const MuonGroup& g : groups_) n += g.members.size();
+    return n;
+  }
+
+  B backend_;
+  std::vector<Parameter> params_;
+  Options options_;
+  std::vector<MuonGroup> groups_;
+  std::vector<AdamWMember> adamw_;
+  std::int64_t step_ = 0;
+  std::int64_t skipped_ = 0;
+};
+
+}  // namespace muon

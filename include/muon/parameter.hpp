@@ -1,0 +1,44 @@
+// muon/parameter.hpp: the parameter table the optimizer works on, and Moonlight's routing policy.
+//
+// Each entry names a tensor, says what it is (its Role) and where its value and gradient live.
+// Routing goes by that explicit role, never by shape alone: Moonlight's policy sends hidden
+// matrices (Role::matrix, 2-D, or 3-D expert stacks [E, rows, cols]) to Muon and everything else
+// (embeddings, the LM head, norm gains, biases, router biases) to AdamW. `rule` overrides it.
+//
+//   std::vector<muon::Parameter> params{
+//       {"model.embed_tokens.weight", muon::Role::embedding, {emb.data(), {V, D}}, {demb.data(), {V, D}}},
+//       {"model.layers.0.mlp.up_proj.weight", muon::Role::matrix, {w.data(), {F, D}}, {dw.data(), {F, D}}}};
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "muon/error.hpp"
+#include "muon/tensor.hpp"
+
+namespace muon {
+
+enum class Role { matrix, embedding, head, norm, bias };
+
+enum class Rule { muon, adamw };
+
+struct Parameter {
+  std::string name;
+  Role role = Role::matrix;
+  TensorRef<float> value;
+  TensorRef<const float> grad;
+  std::optional<Rule> rule{};  // overrides the routing policy
+};
+
+// Moonlight's policy (ALGORITHMS.md §7); throws for a Muon parameter Muon cannot take.
+[[nodiscard]] inline Rule route(const Parameter& p) {
+  const Rule rule = p.rule.value_or(p.role == Role::matrix ? Rule::muon : Rule::adamw);
+  const std::size_t ndim = p.value.shape.size();
+  if (rule == Rule::muon && (ndim < 2 || ndim > 3))
+    throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
+                          ": Muon takes 2-D matrices or 3-D stacks [E, rows, cols]; give it Role::norm "
+                          "or Role::bias (AdamW), or reshape it to 2-D");
+  return rule;
+}
+
+}  // namespace muon

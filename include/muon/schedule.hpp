@@ -1,0 +1,85 @@
+// muon/schedule.hpp: learning-rate schedules, as a multiplier of the base lr per step.
+//
+// lr_factor(schedule, k) is the factor for the step that follows k completed steps, so the first
+// step of a warmup already moves (factor 1/warmup_steps, as in torch's LinearLR-style warmups).
+//
+//   muon::Options o{.lr = 4.2e-4, .schedule = muon::WarmupCosine{.warmup_steps = 100, .total_steps = 10000}};
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numbers>
+#include <string>
+#include <variant>
+
+#include "muon/error.hpp"
+
+namespace muon {
+
+struct ConstantLr {};
+
+// Linear warmup to 1, then cosine decay to final_ratio at total_steps (held there afterwards).
+struct WarmupCosine {
+  std::int64_t warmup_steps = 0;
+  std::int64_t total_steps = 1;
+  double final_ratio = 0.1;
+};
+
+// Warmup-stable-decay: linear warmup, a constant stretch, then a linear decay to final_ratio.
+struct WarmupStableDecay {
+  std::int64_t warmup_steps = 0;
+  std::int64_t stable_steps = 0;
+  std::int64_t decay_steps = 1;
+  double final_ratio = 0.0;
+};
+
+using LrSchedule = std::variant<ConstantLr, WarmupCosine, WarmupStableDecay>;
+
+namespace internal {
+inline double warmup_factor(std::int64_t warmup_steps, std::int64_t completed) {
+  return static_cast<double>(completed + 1) / static_cast<double>(warmup_steps);
+}
+inline double clamp01(double x) { return std::clamp(x, 0.0, 1.0); }
+}  // namespace internal
+
+[[nodiscard]] inline double lr_factor(const LrSchedule& schedule, std::int64_t completed) {
+  struct Visitor {
+    std::int64_t k;
+    double operator()(const ConstantLr&) const { return 1.0; }
+    double operator()(const WarmupCosine& s) const {
+      if (k < s.warmup_steps) return internal::warmup_factor(s.warmup_steps, k);
+      const double span = static_cast<double>(std::max<std::int64_t>(1, s.total_steps - s.warmup_steps));
+      const double p = internal::clamp01(static_cast<double>(k - s.warmup_steps) / span);
+      return s.final_ratio + (1.0 - s.final_ratio) * 0.5 * (1.0 + std::cos(std::numbers::pi * p));
+    }
+    double operator()(const WarmupStableDecay& s) const {
+      if (k < s.warmup_steps) return internal::warmup_factor(s.warmup_steps, k);
+      const std::int64_t into_decay = k - s.warmup_steps - s.stable_steps;
+      if (into_decay < 0) return 1.0;
+      const double p = internal::clamp01(static_cast<double>(into_decay + 1) /
+                                         static_cast<double>(std::max<std::int64_t>(1, s.decay_steps)));
+      return 1.0 - (1.0 - s.final_ratio) * p;
+    }
+  };
+  return std::visit(Visitor{completed}, schedule);
+}
+
+inline void validate(const LrSchedule& schedule) {
+  const auto check_ratio = [](double r, const char* field) {
+    if (!(r >= 0.0 && r <= 1.0))
+      throw InvalidArgument(std::string(field) + " must be in [0, 1], got " + std::to_string(r));
+  };
+  if (const auto* s = std::get_if<WarmupCosine>(&schedule)) {
+    if (s->warmup_steps < 0 || s->total_steps <= s->warmup_steps)
+      throw InvalidArgument("WarmupCosine needs 0 <= warmup_steps < total_steps");
+    check_ratio(s->final_ratio, "WarmupCosine.final_ratio");
+  }
+  if (const auto* s = std::get_if<WarmupStableDecay>(&schedule)) {
+    if (s->warmup_steps < 0 || s->stable_steps < 0 || s->decay_steps < 1)
+      throw InvalidArgument("WarmupStableDecay needs warmup_steps >= 0, stable_steps >= 0, decay_steps >= 1");
+    check_ratio(s->final_ratio, "WarmupStableDecay.final_ratio");
+  }
+}
+
+}  // namespace muon

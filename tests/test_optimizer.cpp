@@ -1,0 +1,259 @@
+// The optimizer users hold: routing, the step's guards, clipping, group overrides, schedules,
+// and saving and loading the state.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <muon/backends/eigen.hpp>
+#include <muon/muon.hpp>
+
+#include "support.hpp"
+
+using muon::test::random_normal;
+
+namespace {
+
+using Opt = muon::Optimizer<muon::EigenBackend>;
+
+// A tiny Moonlight-shaped table: embedding, attention matrix, expert stack, norm, head.
+struct Model {
+  std::vector<float> emb = random_normal(40 * 16, 1, 0.02f), q = random_normal(24 * 16, 2, 0.1f),
+                     experts = random_normal(4 * 12 * 16, 3, 0.1f), norm = std::vector<float>(16, 1.0f),
+                     head = random_normal(40 * 16, 4, 0.02f);
+  std::vector<float> demb = emb, dq = q, dexperts = experts, dnorm = norm, dhead = head;
+
+  Model() { set_gradients(100); }
+  // Writes in place: the parameter table points into these vectors.
+  void set_gradients(std::uint32_t seed) {
+    std::uint32_t k = 0;
+    for (auto* g : {&demb, &dq, &dexperts, &dnorm, &dhead}) {
+      const auto fresh = random_normal(g->size(), seed + ++k);
+      std::copy(fresh.begin(), fresh.end(), g->begin());
+    }
+  }
+  std::vector<muon::Parameter> table() {
+    return {{"model.embed_tokens.weight", muon::Role::embedding, {emb.data(), {40, 16}}, {demb.data(), {40, 16}}},
+            {"model.layers.0.self_attn.q_proj.weight", muon::Role::matrix, {q.data(), {24, 16}}, {dq.data(), {24, 16}}},
+            {"model.layers.0.mlp.experts", muon::Role::matrix, {experts.data(), {4, 12, 16}}, {dexperts.data(), {4, 12, 16}}},
+            {"model.norm.weight", muon::Role::norm, {norm.data(), {16}}, {dnorm.data(), {16}}},
+            {"lm_head.weight", muon::Role::head, {head.data(), {40, 16}}, {dhead.data(), {40, 16}}}};
+  }
+  [[nodiscard]] std::vector<std::vector<float>> values() const { return {emb, q, experts, norm, head}; }
+};
+
+// Runs `steps` steps with a fresh gradient each step (seeded by the step number).
+void train(Model& m, Opt& opt, int steps) {
+  for (int i = 0; i < steps; ++i) {
+    m.set_gradients(static_cast<std::uint32_t>(1000 + 10 * opt.step_count()));
+    (void)opt.step();
+  }
+}
+
+std::filesystem::path temp_path(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("muon_test_" + std::to_string(::getpid()) + "_" + name);
+}
+
+}  // namespace
+
+TEST_CASE("routing follows Moonlight's policy by role, and an explicit rule overrides it") {
+  Model m;
+  Opt opt(m.table());
+  CHECK(opt.rule_of("model.embed_tokens.weight") == muon::Rule::adamw);
+  CHECK(opt.rule_of("model.layers.0.self_attn.q_proj.weight") == muon::Rule::muon);
+  CHECK(opt.rule_of("model.layers.0.mlp.experts") == muon::Rule::muon);
+  CHECK(opt.rule_of("model.norm.weight") == muon::Rule::adamw);
+  CHECK(opt.rule_of("lm_head.weight") == muon::Rule::adamw);
+
+  auto table = m.table();
+  table[1].rule = muon::Rule::adamw;
+  CHECK(Opt(table).rule_of("model.layers.0.self_attn.q_proj.weight") == muon::Rule::adamw);
+  table[3].rule = muon::Rule::muon;  // a 1-D norm cannot go to Muon
+  CHECK_THROWS_WITH_AS(Opt{table}, doctest::Contains("model.norm.weight"), muon::InvalidArgument);
+}
+
+TEST_CASE("a bad parameter table gets an error that names the problem") {
+  CHECK_THROWS_WITH_AS(Opt({}), doctest::Contains("parameter table is empty"), muon::InvalidArgument);
+  Model m;
+  auto table = m.table();
+  table[2].grad.shape = {4, 16, 12};
+  CHECK_THROWS_WITH_AS(Opt{table}, doctest::Contains("model.layers.0.mlp.experts"), muon::ShapeMismatch);
+  table = m.table();
+  table[4].name = table[0].name;
+  CHECK_THROWS_WITH_AS(Opt{table}, doctest::Contains("appears twice"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(Opt(m.table(), {.lr = -1.0}), doctest::Contains("Options.lr"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(Opt(m.table(), {.adamw = {.beta2 = 1.0f}}), doctest::Contains("adamw.beta2"),
+                       muon::InvalidArgument);
+}
+
+TEST_CASE("a non-finite gradient fails the step by default and changes nothing") {
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    Model a, b;
+    Opt oa(a.table()), ob(b.table());
+    train(a, oa, 2);
+    train(b, ob, 2);
+    b.set_gradients(1000 + 10 * 2);
+    b.dexperts[7] = bad;
+    const auto before = b.values();
+    CHECK_THROWS_WITH_AS((void)ob.step(), doctest::Contains("model.layers.0.mlp.experts"), muon::NonFiniteGradient);
+    CHECK(b.values() == before);
+    CHECK(ob.step_count() == 2);
+    // The state is untouched too: the next good steps match a run that never saw the bad one.
+    train(a, oa, 2);
+    train(b, ob, 2);
+    CHECK(a.values() == b.values());
+  }
+}
+
+TEST_CASE("OnNonFinite::skip skips the step, counts it and changes nothing") {
+  Model m;
+  Opt opt(m.table(), {.on_non_finite = muon::OnNonFinite::skip});
+  m.dnorm[0] = std::numeric_limits<float>::quiet_NaN();
+  const auto before = m.values();
+  const auto report = opt.step();
+  CHECK(report.skipped);
+  CHECK(opt.skipped_steps() == 1);
+  CHECK(opt.step_count() == 0);
+  CHECK(m.values() == before);
+}
+
+TEST_CASE("a zero gradient gives a zero update: only the decay moves the weights") {
+  Model m;
+  for (auto* g : {&m.demb, &m.dq, &m.dexperts, &m.dnorm, &m.dhead}) std::fill(g->begin(), g->end(), 0.0f);
+  const auto before = m.values();
+  Opt opt(m.table(), {.lr = 0.01, .weight_decay = 0.1});
+  (void)opt.step();
+  const auto after = m.values();
+  for (std::size_t t = 0; t < before.size(); ++t)
+    for (std::size_t i = 0; i < before[t].size(); ++i) {
+      REQUIRE(std::isfinite(after[t][i]));
+      CHECK(after[t][i] == doctest::Approx(before[t][i] * (1.0f - 0.01f * 0.1f)).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("the Muon update has AdamW's RMS: 0.2 x lr for an orthogonal update") {
+  Model m;
+  const auto q0 = m.q;
+  const double lr = 0.01;
+  Opt opt(m.table(), {.lr = lr, .weight_decay = 0.0});
+  (void)opt.step();
+  double ss = 0.0;
+  for (std::size_t i = 0; i < q0.size(); ++i) ss += std::pow(double{m.q[i]} - q0[i], 2);
+  // RMS(O)·√max(A,B) = RMS of O's singular values, which Keller's schedule puts in (0.68, 1.14).
+  const double rms = std::sqrt(ss / static_cast<double>(q0.size()));
+  CHECK(rms > 0.68 * 0.2 * lr);
+  CHECK(rms < 1.14 * 0.2 * lr);
+}
+
+TEST_CASE("global-norm clipping scales every gradient by torch's factor and reports the norm") {
+  Model a, b;
+  Opt clipped(a.table(), {.lr = 0.01, .max_grad_norm = 1.0});
+  const auto report = clipped.step();
+  double ss = 0.0;
+  for (const auto* g : {&b.demb, &b.dq, &b.dexperts, &b.dnorm, &b.dhead})
+    for (float v : *g) ss += double{v} * v;
+  CHECK(report.grad_norm == doctest::Approx(std::sqrt(ss)).epsilon(1e-12));
+  CHECK(report.grad_scale == doctest::Approx(1.0 / (std::sqrt(ss) + 1e-6)));
+  // The same step with the gradients pre-scaled by that factor and no clipping.
+  for (auto* g : {&b.demb, &b.dq, &b.dexperts, &b.dnorm, &b.dhead})
+    for (float& v : *g) v = static_cast<float>(v * report.grad_scale);
+  Opt plain(b.table(), {.lr = 0.01});
+  (void)plain.step();
+  for (std::size_t t = 0; t < 5; ++t)
+    for (std::size_t i = 0; i < a.values()[t].size(); ++i)
+      CHECK(a.values()[t][i] == doctest::Approx(b.values()[t][i]).epsilon(1e-5));
+}
+
+TEST_CASE("per-group overrides: lr and weight decay of one rule leave the other alone") {
+  Model m;
+  const auto before = m.values();
+  Opt opt(m.table(), {.lr = 0.01, .muon_group = {.lr = 0.0, .weight_decay = 0.0}});
+  (void)opt.step();
+  CHECK(m.q == before[1]);
+  CHECK(m.experts == before[2]);
+  CHECK(m.emb != before[0]);
+}
+
+TEST_CASE("learning-rate schedules: warmup then cosine, and warmup-stable-decay") {
+  const muon::WarmupCosine cosine{.warmup_steps = 10, .total_steps = 110, .final_ratio = 0.1};
+  CHECK(muon::lr_factor(cosine, 0) == doctest::Approx(0.1));
+  CHECK(muon::lr_factor(cosine, 9) == doctest::Approx(1.0));
+  CHECK(muon::lr_factor(cosine, 60) == doctest::Approx(0.55));
+  CHECK(muon::lr_factor(cosine, 110) == doctest::Approx(0.1));
+  CHECK(muon::lr_factor(cosine, 500) == doctest::Approx(0.1));
+  const muon::WarmupStableDecay wsd{.warmup_steps = 4, .stable_steps = 10, .decay_steps = 5, .final_ratio = 0.0};
+  CHECK(muon::lr_factor(wsd, 1) == doctest::Approx(0.5));
+  CHECK(muon::lr_factor(wsd, 13) == doctest::Approx(1.0));
+  CHECK(muon::lr_factor(wsd, 14) == doctest::Approx(0.8));
+  CHECK(muon::lr_factor(wsd, 18) == doctest::Approx(0.0));
+  Model m;
+  Opt opt(m.table(), {.lr = 0.01, .schedule = cosine});
+  CHECK(opt.step().lr == doctest::Approx(0.001));
+  CHECK(opt.step().lr == doctest::Approx(0.002));
+  CHECK_THROWS_AS(Opt(m.table(), {.schedule = muon::WarmupCosine{.warmup_steps = 5, .total_steps = 5}}),
+                  muon::InvalidArgument);
+}
+
+TEST_CASE("save then load resumes bit-identically to an uninterrupted run") {
+  const auto path = temp_path("resume.safetensors");
+  const muon::Options options{.lr = 0.02, .schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 8},
+                              .max_grad_norm = 5.0};
+  Model uninterrupted;
+  Opt full(uninterrupted.table(), options);
+  train(uninterrupted, full, 6);
+
+  Model first;
+  Opt before(first.table(), options);
+  train(first, before, 3);
+  before.save(path);
+  Model resumed = first;  // the model's weights are the trainer's to save; the optimizer saves its own state
+  Opt after(resumed.table(), {.lr = 123.0});  // the saved options replace these
+  after.load(path);
+  CHECK(after.step_count() == 3);
+  CHECK(after.options().lr == 0.02);
+  train(resumed, after, 3);
+  CHECK(resumed.values() == uninterrupted.values());
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("load rejects a state that does not match the table, naming the first mismatch, and changes nothing") {
+  const auto path = temp_path("mismatch.safetensors");
+  Model m;
+  Opt opt(m.table());
+  train(m, opt, 1);
+  opt.save(path);
+
+  Model other;
+  auto table = other.table();
+  table[1].name = "model.layers.0.self_attn.q_a_proj.weight";
+  Opt renamed(table);
+  CHECK_THROWS_WITH_AS(renamed.load(path), doctest::Contains("q_a_proj.weight/momentum' is missing"),
+                       muon::StateMismatch);
+  CHECK(renamed.step_count() == 0);
+
+  std::vector<float> q2(16 * 24), dq2(16 * 24);
+  table = other.table();
+  table[1].value = {q2.data(), {16, 24}};
+  table[1].grad = {dq2.data(), {16, 24}};
+  Opt reshaped(table);
+  CHECK_THROWS_WITH_AS(reshaped.load(path), doctest::Contains("has shape [24, 16], the parameter has [16, 24]"),
+                       muon::StateMismatch);
+
+  table = other.table();
+  table[1].rule = muon::Rule::adamw;
+  Opt rerouted(table);
+  CHECK_THROWS_WITH_AS(rerouted.load(path), doctest::Contains("q_proj.weight/exp_avg' is missing"), muon::StateMismatch);
+
+  table = other.table();
+  table.pop_back();
+  Opt smaller(table);
+  CHECK_THROWS_WITH_AS(smaller.load(path), doctest::Contains("'lm_head.weight/exp_avg' matches no parameter"),
+                       muon::StateMismatch);
+
+  // A truncated file is a FileError naming the file.
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 4);
+  Opt fresh(other.table());
+  CHECK_THROWS_WITH_AS(fresh.load(path), doctest::Contains(path.filename().string().c_str()), muon::FileError);
+  std::filesystem::remove(path);
+}

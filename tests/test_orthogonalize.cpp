@@ -1,0 +1,139 @@
+// Newton–Schulz properties on the Eigen backend: each schedule acts on singular values exactly as
+// its scalar polynomial does; scale invariance; batched = looped; symmetric = plain; tall = wide
+// transposed; a zero matrix stays zero.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <muon/backends/eigen.hpp>
+#include <muon/orthogonalize.hpp>
+
+#include "support.hpp"
+
+using muon::test::random_normal;
+using muon::test::singular_values;
+
+namespace {
+
+muon::EigenBackend cpu;
+
+std::vector<float> ns(std::vector<float> x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                      const muon::NsOptions& o = {}) {
+  muon::orthogonalize(cpu, muon::MatrixStack<float>{x.data(), batch, rows, cols}, o);
+  return x;
+}
+
+// The image of σ under the schedule's scalar iteration, as orthogonalize applies it (with the
+// schedule's normalisation scale folded into the first polynomial).
+double scalar_ns(double sigma, const muon::NsOptions& o) {
+  const double s = o.schedule.norm_scale;
+  double x = sigma / s;
+  for (int k = 0; k < o.steps; ++k) {
+    const auto t = o.schedule.at(k);
+    x = t.a * x + t.b * x * x * x + t.c * x * x * x * x * x;
+  }
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("each schedule maps singular values as its scalar polynomial promises") {
+  // 32×64 Gaussian: normalised singular values lie in about [0.03, 0.3], inside every schedule's
+  // design interval, so the promise is the image of that interval.
+  const std::int64_t rows = 32, cols = 64;
+  const auto x = random_normal(rows * cols, 11);
+  const auto sv_in = singular_values(x.data(), rows, cols);
+  const double fro = sv_in.norm();
+  for (const auto& schedule : {muon::keller_quintic(), muon::you_quintic(), muon::polar_express(), muon::cans()}) {
+    CAPTURE(schedule.name);
+    const muon::NsOptions o{.schedule = schedule, .steps = 5};
+    const auto out = ns(x, 1, rows, cols, o);
+    auto sv_out = singular_values(out.data(), rows, cols);
+    std::vector<double> predicted;
+    for (Eigen::Index i = 0; i < sv_in.size(); ++i) predicted.push_back(scalar_ns(sv_in[i] / fro, o));
+    std::vector<double> got(sv_out.data(), sv_out.data() + sv_out.size());
+    std::sort(predicted.begin(), predicted.end());
+    std::sort(got.begin(), got.end());
+    // The band the schedule promises on [σmin, σmax] of the input: the scalar map's range there.
+    double lo = 1e9, hi = -1e9;
+    for (int i = 0; i <= 2000; ++i) {
+      const double s = sv_in.minCoeff() / fro + (sv_in.maxCoeff() - sv_in.minCoeff()) / fro * i / 2000.0;
+      lo = std::min(lo, scalar_ns(s, o));
+      hi = std::max(hi, scalar_ns(s, o));
+    }
+    MESSAGE(schedule.name << ": singular values in [" << got.front() << ", " << got.back() << "], promised ["
+                          << lo << ", " << hi << "]");
+    // fp32 products: each singular value within 1e-4 of its scalar image. fp32 rounding (~1e-7
+    // per product) is amplified by the product of the polynomials' slopes: up to ~10³ for CANS
+    // and Polar Express, whose first polynomial has slope ≈ 8 at 0 (seen: 3e-7 Keller, 3e-5 CANS).
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK(std::abs(got[i] - predicted[i]) < 1e-4);
+    CHECK(got.front() >= lo - 1e-4);
+    CHECK(got.back() <= hi + 1e-4);
+    // And every schedule lands near 1: that is what orthogonalisation means.
+    CHECK(got.front() > 0.6);
+    CHECK(got.back() < 1.25);
+  }
+}
+
+TEST_CASE("orthogonalize is scale invariant") {
+  const auto x = random_normal(48 * 80, 3);
+  auto big = x;
+  for (float& v : big) v *= 1000.0f;
+  // ε = 1e-7 against ‖X‖ ≈ 62: the results differ by fp32 rounding only.
+  CHECK(muon::test::max_abs_diff(ns(x, 1, 48, 80), ns(big, 1, 48, 80)) < 1e-5);
+}
+
+TEST_CASE("a batched stack equals each matrix orthogonalised alone") {
+  const std::int64_t batch = 4, rows = 24, cols = 40;
+  const auto x = random_normal(batch * rows * cols, 5);
+  for (bool symmetric : {true, false}) {
+    const muon::NsOptions o{.symmetric_products = symmetric};
+    const auto stacked = ns(x, batch, rows, cols, o);
+    for (std::int64_t k = 0; k < batch; ++k) {
+      const auto begin = x.begin() + k * rows * cols;
+      const auto alone = ns(std::vector<float>(begin, begin + rows * cols), 1, rows, cols, o);
+      CHECK(std::equal(alone.begin(), alone.end(), stacked.begin() + k * rows * cols));
+    }
+  }
+}
+
+TEST_CASE("symmetric products equal plain products") {
+  for (const auto& [rows, cols] : {std::pair{64, 64}, std::pair{32, 96}, std::pair{96, 32}}) {
+    const auto x = random_normal(static_cast<std::size_t>(rows * cols), 7);
+    const auto sym = ns(x, 1, rows, cols, {.symmetric_products = true});
+    const auto plain = ns(x, 1, rows, cols, {.symmetric_products = false});
+    // Same products, other summation order: fp32 rounding apart, outputs are O(1/√cols).
+    CHECK(muon::test::max_abs_diff(sym, plain) < 1e-5);
+  }
+}
+
+TEST_CASE("a tall matrix gives the transpose of its transposed wide matrix") {
+  const std::int64_t rows = 96, cols = 32;
+  const auto x = random_normal(rows * cols, 9);
+  std::vector<float> xt(x.size());
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) xt[j * rows + i] = x[i * cols + j];
+  const auto tall = ns(x, 1, rows, cols);
+  const auto wide = ns(xt, 1, cols, rows);
+  double d = 0.0;
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) d = std::max(d, double(std::abs(tall[i * cols + j] - wide[j * rows + i])));
+  CHECK(d < 1e-5);
+}
+
+TEST_CASE("a zero matrix orthogonalises to zero, never NaN") {
+  for (auto mode : {muon::NormEps::add, muon::NormEps::max}) {
+    const auto out = ns(std::vector<float>(16 * 24, 0.0f), 1, 16, 24, {.eps_mode = mode});
+    CHECK(std::all_of(out.begin(), out.end(), [](float v) { return v == 0.0f; }));
+  }
+}
+
+TEST_CASE("bad Newton-Schulz options are rejected with the field named") {
+  std::vector<float> x(16, 1.0f);
+  const muon::MatrixStack<float> m{x.data(), 1, 4, 4};
+  CHECK_THROWS_WITH_AS(muon::orthogonalize(cpu, m, {.steps = 0}), doctest::Contains("NsOptions.steps"),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(muon::orthogonalize(cpu, m, {.eps = -1.0f}), doctest::Contains("NsOptions.eps"),
+                       muon::InvalidArgument);
+  CHECK(std::all_of(x.begin(), x.end(), [](float v) { return v == 1.0f; }));
+}
