@@ -264,7 +264,8 @@ class Optimizer {
     }
     for (MuonGroup& g : groups_) {
       g.stack = backend_.allocate(g.batch * g.rows * g.cols);
-      g.workspace.emplace(backend_, MatrixStack<const float>{g.stack.span().data(), g.batch, g.rows, g.cols});
+      g.workspace.emplace(backend_, MatrixStack<const float>{g.stack.span().data(), g.batch, g.rows, g.cols},
+                          options_.muon.ns);
     }
   }
 

@@ -22,7 +22,7 @@ using Shape = std::vector<std::int64_t>;
   return std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>{});
 }
 
-[[nodiscard]] inline std::string to_string(const Shape& shape) {
+[[nodiscard]] inline std::string to_string(std::span<const std::int64_t> shape) {
   std::string out = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
   return out + "]";

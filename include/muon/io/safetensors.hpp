@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/tensor.hpp"
 
 namespace muon::safetensors {
 
@@ -101,12 +102,6 @@ struct TensorInfo {
 namespace detail {
 
 inline std::string os_error(int err) { return std::generic_category().message(err); }
-
-inline std::string format_shape(std::span<const std::int64_t> shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // Byte count of a tensor with non-negative dims, or nullopt when the element count exceeds
 // int64 (TensorInfo::numel) or the byte count exceeds uint64.
@@ -378,10 +373,10 @@ inline TensorInfo File::parse_entry(const std::string& name, const nlohmann::jso
   if (end < begin) bad("\"data_offsets\" " + offsets.dump() + " has end before begin");
 
   const std::optional<std::uint64_t> needed = detail::checked_byte_count(shape, *dtype);
-  if (!needed) bad("shape " + detail::format_shape(shape) + " is too large");
+  if (!needed) bad("shape " + muon::to_string(shape) + " is too large");
   if (end - begin != *needed) {
     bad("\"data_offsets\" " + offsets.dump() + " span " + std::to_string(end - begin) +
-        " bytes, but shape " + detail::format_shape(shape) + " of " + dtype_text + " needs " +
+        " bytes, but shape " + muon::to_string(shape) + " of " + dtype_text + " needs " +
         std::to_string(*needed));
   }
   return {*dtype, std::move(shape), begin, end};
@@ -433,12 +428,12 @@ struct TensorToWrite {
 inline TensorToWrite tensor_f32(std::string name, std::vector<std::int64_t> shape,
                                 std::span<const float> values) {
   if (std::ranges::any_of(shape, [](std::int64_t d) { return d < 0; })) {
-    throw InvalidArgument("tensor '" + name + "': shape " + detail::format_shape(shape) +
+    throw InvalidArgument("tensor '" + name + "': shape " + muon::to_string(shape) +
                           " has a negative dimension");
   }
   const std::optional<std::uint64_t> bytes = detail::checked_byte_count(shape, DType::F32);
   if (!bytes || *bytes != values.size_bytes()) {
-    throw InvalidArgument("tensor '" + name + "': shape " + detail::format_shape(shape) +
+    throw InvalidArgument("tensor '" + name + "': shape " + muon::to_string(shape) +
                           " does not hold the " + std::to_string(values.size()) + " values given");
   }
   return {std::move(name), DType::F32, std::move(shape), std::as_bytes(values)};
@@ -462,17 +457,17 @@ inline std::string build_header(std::span<const TensorToWrite> tensors,
       throw InvalidArgument("duplicate tensor name '" + t.name + "'");
     }
     if (std::ranges::any_of(t.shape, [](std::int64_t d) { return d < 0; })) {
-      throw InvalidArgument("tensor '" + t.name + "': shape " + format_shape(t.shape) +
+      throw InvalidArgument("tensor '" + t.name + "': shape " + muon::to_string(t.shape) +
                             " has a negative dimension");
     }
     const std::optional<std::uint64_t> bytes = checked_byte_count(t.shape, t.dtype);
     if (!bytes) {
-      throw InvalidArgument("tensor '" + t.name + "': shape " + format_shape(t.shape) +
+      throw InvalidArgument("tensor '" + t.name + "': shape " + muon::to_string(t.shape) +
                             " is too large");
     }
     if (*bytes != t.data.size()) {
       throw InvalidArgument("tensor '" + t.name + "': data has " + std::to_string(t.data.size()) +
-                            " bytes, but shape " + format_shape(t.shape) + " of " +
+                            " bytes, but shape " + muon::to_string(t.shape) + " of " +
                             std::string(dtype_name(t.dtype)) + " needs " + std::to_string(*bytes));
     }
     header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))},
