@@ -57,6 +57,29 @@ void ns_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_orthogonalize)->Apply(ns_shapes);
 
+// The backend's two heavy products on one n×n matrix: X·Xᵀ as `gram` (SYRK, then mirrored)
+// against the same result as a GEMM. GFLOP/s counts 2n³ for both.
+void BM_gram_vs_gemm(benchmark::State& state) {
+  const std::int64_t n = state.range(0);
+  const bool symmetric = state.range(1) != 0;
+  muon::EigenBackend cpu;
+  const auto x = random_values(static_cast<std::size_t>(n * n), 7);
+  std::vector<float> c(static_cast<std::size_t>(n * n));
+  const muon::MatrixStack<const float> in{x.data(), 1, n, n};
+  const muon::MatrixStack<float> out{c.data(), 1, n, n};
+  for (auto _ : state) {
+    if (symmetric)
+      cpu.gram(1.0f, in, muon::GramSide::rows, 0.0f, out);
+    else
+      cpu.gemm(1.0f, in, muon::Transpose::no, in, muon::Transpose::yes, 0.0f, out);
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n * n * n) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_gram_vs_gemm)->Args({2048, 1})->Args({2048, 0})->ArgNames({"n", "symmetric"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // One full step over a Moonlight-shaped table at 1/8 width: embedding, head, norms, MLA and
 // dense-MLP matrices, and an 8-expert stack.
 void BM_optimizer_step(benchmark::State& state) {

@@ -97,6 +97,23 @@ TEST_CASE("a batched stack equals each matrix orthogonalised alone") {
   }
 }
 
+// The Eigen backend, asking for stacks two matrices at a time.
+struct TwoAtATime : muon::EigenBackend {
+  [[nodiscard]] std::int64_t ns_batch_limit(std::int64_t, std::int64_t) const { return 2; }
+};
+
+TEST_CASE("a stack processed in chunks equals the stack in one call") {
+  const std::int64_t batch = 5, rows = 16, cols = 56;  // chunks of 2, 2 and 1; Gram NS shape
+  const auto x = random_normal(batch * rows * cols, 23);
+  for (auto method : {muon::NsMethod::plain, muon::NsMethod::gram}) {
+    TwoAtATime chunked;
+    auto y = x;
+    const muon::NsOptions o{.method = method};
+    muon::orthogonalize(chunked, muon::MatrixStack<float>{y.data(), batch, rows, cols}, o);
+    CHECK(y == ns(x, batch, rows, cols, o));
+  }
+}
+
 TEST_CASE("symmetric products equal plain products") {
   for (const auto& [rows, cols] : {std::pair{64, 64}, std::pair{32, 96}, std::pair{96, 32}}) {
     const auto x = random_normal(static_cast<std::size_t>(rows * cols), 7);
