@@ -11,6 +11,8 @@
 #include <random>
 #include <vector>
 
+#include "moonlight_table.hpp"
+
 namespace {
 
 std::vector<float> random_values(std::size_t n, unsigned seed) {
@@ -80,31 +82,15 @@ void BM_gram_vs_gemm(benchmark::State& state) {
 BENCHMARK(BM_gram_vs_gemm)->Args({2048, 1})->Args({2048, 0})->ArgNames({"n", "symmetric"})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// One full step over a Moonlight-shaped table at 1/8 width: embedding, head, norms, MLA and
-// dense-MLP matrices, and an 8-expert stack.
+// One full step over a Moonlight-shaped table at 1/8 width (moonlight_table.hpp).
 void BM_optimizer_step(benchmark::State& state) {
-  struct Tensor {
-    std::string name;
-    muon::Role role;
-    muon::Shape shape;
-  };
-  const std::vector<Tensor> shapes{{"embed", muon::Role::embedding, {4096, 256}},
-                                   {"q_proj", muon::Role::matrix, {384, 256}},
-                                   {"kv_a", muon::Role::matrix, {72, 256}},
-                                   {"kv_b", muon::Role::matrix, {512, 64}},
-                                   {"o_proj", muon::Role::matrix, {256, 256}},
-                                   {"experts.gate_up", muon::Role::matrix, {8, 352, 256}},
-                                   {"experts.down", muon::Role::matrix, {8, 256, 176}},
-                                   {"norm", muon::Role::norm, {256}},
-                                   {"head", muon::Role::head, {4096, 256}}};
   std::vector<std::vector<float>> values, grads;
   std::vector<muon::Parameter> params;
-  for (const auto& t : shapes) {
+  for (const auto& t : muon::bench::moonlight_table()) {
     values.push_back(random_values(static_cast<std::size_t>(muon::numel(t.shape)), 2));
     grads.push_back(random_values(static_cast<std::size_t>(muon::numel(t.shape)), 3));
+    params.push_back({t.name, t.role, {values.back().data(), t.shape}, {grads.back().data(), t.shape}});
   }
-  for (std::size_t i = 0; i < shapes.size(); ++i)
-    params.push_back({shapes[i].name, shapes[i].role, {values[i].data(), shapes[i].shape}, {grads[i].data(), shapes[i].shape}});
   muon::Optimizer<muon::EigenBackend> opt(params, {.lr = 1e-4});
   for (auto _ : state) benchmark::DoNotOptimize(opt.step());
 }

@@ -32,6 +32,27 @@
 
 namespace muon {
 
+// One state buffer on the host, named "<parameter>/<buffer>" (momentum, exp_avg, exp_avg_sq).
+struct StateTensor {
+  std::string name;
+  Shape shape;
+  std::vector<float> values;
+};
+
+// Everything an optimizer needs to resume bit-identically.
+struct SavedState {
+  std::int64_t step = 0;
+  std::int64_t skipped_steps = 0;
+  Options options{};
+  std::vector<StateTensor> tensors;
+};
+
+// What check_gradients found.
+struct GradientCheck {
+  double sum_squares = 0.0;                 // over all gradients (meaningless if non_finite)
+  std::optional<std::string> non_finite{};  // the first parameter whose gradient holds NaN or Inf
+};
+
 // What one step did.
 struct StepReport {
   std::int64_t step = 0;       // completed steps after this one
@@ -58,26 +79,37 @@ class Optimizer {
     build_state();
   }
 
-  StepReport step() {
-    StepReport report;
-    double total = 0.0;
+  // Reads every gradient once: its global squared norm and the first non-finite parameter, if
+  // any. Changes nothing; throws ShapeMismatch or InvalidArgument for a bad gradient binding.
+  [[nodiscard]] GradientCheck check_gradients() {
+    GradientCheck check;
     for (const Parameter& p : params_) {
       check_gradient(p);
       const double ss = backend_.sum_squares(p.grad.span());
       if (!std::isfinite(ss)) {
-        if (options_.on_non_finite == OnNonFinite::skip) {
-          ++skipped_;
-          report.step = step_;
-          report.skipped = true;
-          return report;
-        }
-        throw NonFiniteGradient(p.name, "gradient of parameter '" + p.name +
-                                            "' holds NaN or Inf; the step was rejected and nothing "
-                                            "changed (set Options.on_non_finite = skip to skip such steps)");
+        check.non_finite = p.name;
+        return check;
       }
-      total += ss;
+      check.sum_squares += ss;
     }
-    report.grad_norm = std::sqrt(total);
+    return check;
+  }
+
+  StepReport step() {
+    StepReport report;
+    const GradientCheck check = check_gradients();
+    if (check.non_finite) {
+      if (options_.on_non_finite == OnNonFinite::skip) {
+        ++skipped_;
+        report.step = step_;
+        report.skipped = true;
+        return report;
+      }
+      throw NonFiniteGradient(*check.non_finite, "gradient of parameter '" + *check.non_finite +
+                                                     "' holds NaN or Inf; the step was rejected and nothing "
+                                                     "changed (set Options.on_non_finite = skip to skip such steps)");
+    }
+    report.grad_norm = std::sqrt(check.sum_squares);
     if (options_.max_grad_norm > 0.0) {
       // torch.nn.utils.clip_grad_norm_'s factor, so clipped runs match PyTorch's.
       const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);
@@ -125,31 +157,88 @@ class Optimizer {
   [[nodiscard]] Rule rule_of(std::string_view name) const { return route(params_.at(index_of(name))); }
   [[nodiscard]] B& backend() { return backend_; }
 
-  // Writes every state buffer, the step counts and the options, atomically.
-  void save(const std::filesystem::path& path) {
-    std::vector<std::vector<float>> host;
-    std::vector<safetensors::TensorToWrite> tensors;
-    host.reserve(state_count());
-    const auto add = [&](const Parameter& p, const char* what, Buffer& buffer) {
-      auto& h = host.emplace_back(static_cast<std::size_t>(p.value.size()));
-      backend_.to_host(buffer.span(), h);
-      tensors.push_back(safetensors::tensor_f32(p.name + "/" + what, p.value.shape, h));
-    };
-    for (MuonGroup& g : groups_)
-      for (MuonMember& m : g.members) add(params_[m.index], "momentum", m.momentum);
-    for (AdamWMember& a : adamw_) {
-      add(params_[a.index], "exp_avg", a.exp_avg);
-      add(params_[a.index], "exp_avg_sq", a.exp_avg_sq);
-    }
-    safetensors::write(path, tensors,
-                       {{"format", kStateFormat},
-                        {"step", std::to_string(step_)},
-                        {"skipped_steps", std::to_string(skipped_)},
-                        {"options", to_json(options_).dump()}});
+  // Re-points a parameter's value and gradient, e.g. when a framework reallocates gradients
+  // between steps. The shapes must stay those of the table.
+  void rebind(std::size_t index, TensorRef<float> value, TensorRef<const float> grad) {
+    Parameter& p = params_.at(index);
+    if (value.shape != p.value.shape)
+      throw ShapeMismatch("parameter '" + p.name + "' is rebound with shape " + to_string(value.shape) +
+                          ", the table has " + to_string(p.value.shape));
+    Parameter rebound = p;
+    rebound.value = std::move(value);
+    rebound.grad = std::move(grad);
+    check_gradient(rebound);
+    p = std::move(rebound);
   }
 
-  // Restores a state saved by `save` for the same parameter table (names, shapes, rules). Checks
-  // everything before changing anything: on any error the optimizer is as it was.
+  // The whole state on the host: every buffer (named "<parameter>/<buffer>"), the step counts
+  // and the options. `save` writes it to safetensors; adapters write it to their own formats.
+  [[nodiscard]] SavedState export_state() {
+    SavedState out{step_, skipped_, options_, {}};
+    const auto add = [&](const Parameter& p, const char* what, Buffer& buffer) {
+      auto& t = out.tensors.emplace_back(StateTensor{p.name + "/" + what, p.value.shape, {}});
+      t.values.resize(static_cast<std::size_t>(p.value.size()));
+      backend_.to_host(buffer.span(), t.values);
+    };
+    for_each_state_buffer(add);
+    return out;
+  }
+
+  // Restores an exported state for the same parameter table (names, shapes, rules). Checks
+  // everything before changing anything; a mismatch is a StateMismatch naming `source` and the
+  // first tensor at fault, and leaves the optimizer as it was.
+  void import_state(const SavedState& state, const std::string& source) {
+    for (auto& [buffer, tensor] : check_state(state, source)) backend_.from_host(tensor->values, buffer->span());
+    options_ = state.options;
+    step_ = state.step;
+    skipped_ = state.skipped_steps;
+  }
+
+  // The names of the state buffers, in export order ("<parameter>/momentum", ...).
+  [[nodiscard]] std::vector<std::string> state_names() {
+    std::vector<std::string> names;
+    for_each_state_buffer([&](const Parameter& p, const char* what, Buffer&) { names.push_back(p.name + "/" + what); });
+    return names;
+  }
+
+  // import_state's checks alone: throws as it would, changes nothing. Returns each buffer with
+  // the saved tensor that goes into it.
+  std::vector<std::pair<Buffer*, const StateTensor*>> check_state(const SavedState& state, const std::string& source) {
+    const auto fail = [&](const std::string& what) { throw StateMismatch("optimizer state '" + source + "': " + what); };
+    validate(state.options);
+    std::map<std::string, const StateTensor*> by_name;
+    for (const StateTensor& t : state.tensors) by_name[t.name] = &t;
+    std::set<std::string> expected;
+    std::vector<std::pair<Buffer*, const StateTensor*>> staged;
+    const auto stage = [&](const Parameter& p, const char* what, Buffer& buffer) {
+      const std::string name = p.name + "/" + what;
+      expected.insert(name);
+      const auto it = by_name.find(name);
+      if (it == by_name.end()) fail("tensor '" + name + "' is missing (parameter '" + p.name + "' has no saved " + what + ")");
+      if (it->second->shape != p.value.shape)
+        fail("tensor '" + name + "' has shape " + to_string(it->second->shape) + ", the parameter has " +
+             to_string(p.value.shape));
+      staged.emplace_back(&buffer, it->second);
+    };
+    for_each_state_buffer(stage);
+    for (const StateTensor& t : state.tensors)
+      if (!expected.contains(t.name)) fail("tensor '" + t.name + "' matches no parameter of this optimizer");
+    return staged;
+  }
+
+  // Writes the state as one safetensors file, atomically.
+  void save(const std::filesystem::path& path) {
+    const SavedState state = export_state();
+    std::vector<safetensors::TensorToWrite> tensors;
+    for (const StateTensor& t : state.tensors) tensors.push_back(safetensors::tensor_f32(t.name, t.shape, t.values));
+    safetensors::write(path, tensors,
+                       {{"format", kStateFormat},
+                        {"step", std::to_string(state.step)},
+                        {"skipped_steps", std::to_string(state.skipped_steps)},
+                        {"options", to_json(state.options).dump()}});
+  }
+
+  // Reads a file written by `save`; see import_state for the checks.
   void load(const std::filesystem::path& path) {
     const auto file = safetensors::File::open(path);
     const auto fail = [&](const std::string& what) {
@@ -160,46 +249,21 @@ class Optimizer {
       if (!meta.contains(key)) fail(std::string("metadata has no '") + key + "'; not a muon optimizer state");
     if (meta.at("format") != kStateFormat)
       fail("format '" + meta.at("format") + "' is not '" + std::string(kStateFormat) + "'");
-    Options loaded;
+    SavedState state;
     try {
-      loaded = options_from_json(nlohmann::json::parse(meta.at("options")));
+      state.options = options_from_json(nlohmann::json::parse(meta.at("options")));
+      state.step = std::stoll(meta.at("step"));
+      state.skipped_steps = std::stoll(meta.at("skipped_steps"));
     } catch (const std::exception& e) {
-      fail(std::string("saved options are unreadable: ") + e.what());
+      fail(std::string("metadata is unreadable: ") + e.what());
     }
-    std::set<std::string> expected;
-    std::vector<std::pair<Buffer*, std::vector<float>>> staged;
-    const auto stage = [&](const Parameter& p, const char* what, Buffer& buffer) {
-      const std::string name = p.name + "/" + what;
-      expected.insert(name);
-      if (!file.contains(name))
-        fail("tensor '" + name + "' is missing (parameter '" + p.name + "' has no saved " + what + ")");
+    for (const std::string& name : file.names()) {
       const auto& info = file.info(name);
       if (info.dtype != safetensors::DType::F32)
         fail("tensor '" + name + "' has dtype " + std::string(safetensors::dtype_name(info.dtype)) + ", expected F32");
-      if (info.shape != p.value.shape)
-        fail("tensor '" + name + "' has shape " + to_string(info.shape) + ", the parameter has " +
-             to_string(p.value.shape));
-      staged.emplace_back(&buffer, file.to_float(name));
-    };
-    for (MuonGroup& g : groups_)
-      for (MuonMember& m : g.members) stage(params_[m.index], "momentum", m.momentum);
-    for (AdamWMember& a : adamw_) {
-      stage(params_[a.index], "exp_avg", a.exp_avg);
-      stage(params_[a.index], "exp_avg_sq", a.exp_avg_sq);
+      state.tensors.push_back({name, info.shape, file.to_float(name)});
     }
-    for (const std::string& name : file.names())
-      if (!expected.contains(name)) fail("tensor '" + name + "' matches no parameter of this optimizer");
-    std::int64_t step = 0, skipped = 0;
-    try {
-      step = std::stoll(meta.at("step"));
-      skipped = std::stoll(meta.at("skipped_steps"));
-    } catch (const std::exception&) {
-      fail("metadata 'step' or 'skipped_steps' is not an integer");
-    }
-    for (auto& [buffer, values] : staged) backend_.from_host(values, buffer->span());
-    options_ = std::move(loaded);
-    step_ = step;
-    skipped_ = skipped;
+    import_state(state, path.string());
   }
 
  private:
@@ -275,10 +339,15 @@ class Optimizer {
     throw InvalidArgument("no parameter named '" + std::string(name) + "'");
   }
 
-  [[nodiscard]] std::size_t state_count() const {
-    std::size_t n = 2 * adamw_.size();
-    for (const MuonGroup& g : groups_) n += g.members.size();
-    return n;
+  // Calls f(parameter, buffer name, buffer) for every state buffer, in one fixed order.
+  template <class F>
+  void for_each_state_buffer(F&& f) {
+    for (MuonGroup& g : groups_)
+      for (MuonMember& m : g.members) f(params_[m.index], "momentum", m.momentum);
+    for (AdamWMember& a : adamw_) {
+      f(params_[a.index], "exp_avg", a.exp_avg);
+      f(params_[a.index], "exp_avg_sq", a.exp_avg_sq);
+    }
   }
 
   B backend_;

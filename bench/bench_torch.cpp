@@ -1,0 +1,46 @@
+// The LibTorch adapter's overhead: one optimizer step over the same Moonlight-shaped table
+// (moonlight_table.hpp) through muon::torch::Muon (TorchBackend, LibTorch ops on CPU tensors)
+// and through the core's Eigen backend, in the same run.
+#include <benchmark/benchmark.h>
+
+#include <muon/backends/eigen.hpp>
+#include <muon/torch/muon.hpp>
+
+#include "moonlight_table.hpp"
+
+namespace {
+
+void BM_step_torch_adapter(benchmark::State& state) {
+  ::torch::manual_seed(1);
+  std::vector<::torch::Tensor> muon_params, adamw_params;
+  for (const auto& t : muon::bench::moonlight_table()) {
+    auto p = ::torch::randn(t.shape);
+    p.mutable_grad() = ::torch::randn(t.shape);
+    (t.role == muon::Role::matrix ? muon_params : adamw_params).push_back(p);
+  }
+  std::vector<::torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(muon_params, std::make_unique<muon::torch::MuonOptions>(muon::torch::MuonOptions(1e-4)));
+  groups.emplace_back(adamw_params,
+                      std::make_unique<muon::torch::MuonOptions>(muon::torch::MuonOptions(1e-4).role(muon::Rule::adamw)));
+  muon::torch::Muon opt(std::move(groups));
+  for (auto _ : state) benchmark::DoNotOptimize(opt.step());
+}
+BENCHMARK(BM_step_torch_adapter)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_step_eigen_core(benchmark::State& state) {
+  ::torch::manual_seed(1);
+  std::vector<::torch::Tensor> values, grads;
+  std::vector<muon::Parameter> params;
+  for (const auto& t : muon::bench::moonlight_table()) {
+    values.push_back(::torch::randn(t.shape));
+    grads.push_back(::torch::randn(t.shape));
+    params.push_back({t.name, t.role, {values.back().data_ptr<float>(), t.shape}, {grads.back().data_ptr<float>(), t.shape}});
+  }
+  muon::Optimizer<muon::EigenBackend> opt(params, {.lr = 1e-4});
+  for (auto _ : state) benchmark::DoNotOptimize(opt.step());
+}
+BENCHMARK(BM_step_eigen_core)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
