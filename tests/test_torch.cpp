@@ -169,3 +169,23 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
   for (std::size_t i = 0; i < full.params.size(); ++i) DOCTEST_CHECK(::torch::equal(full.params[i], resumed.params[i]));
   std::filesystem::remove(path);
 }
+
+DOCTEST_TEST_CASE("moonlight_param_groups routes by Moonlight's policy, with patterns the user can change") {
+  struct Tiny : ::torch::nn::Module {
+    Tiny() {
+      register_module("embed_tokens", ::torch::nn::Embedding(50, 8));
+      register_module("up_proj", ::torch::nn::Linear(8, 16));  // weight 2-D -> Muon, bias 1-D -> AdamW
+      register_module("norm", ::torch::nn::LayerNorm(::torch::nn::LayerNormOptions({8})));
+      register_module("lm_head", ::torch::nn::Linear(::torch::nn::LinearOptions(8, 50).bias(false)));
+    }
+  } tiny;
+  const auto groups = muon::torch::moonlight_param_groups(tiny, MuonOptions(1e-3));
+  DOCTEST_REQUIRE(groups.size() == 2);
+  DOCTEST_CHECK(static_cast<const MuonOptions&>(groups[0].options()).role() == muon::Rule::muon);
+  DOCTEST_CHECK(groups[0].params().size() == 1);  // up_proj.weight
+  DOCTEST_CHECK(groups[0].params()[0].sizes().vec() == std::vector<std::int64_t>{16, 8});
+  DOCTEST_CHECK(static_cast<const MuonOptions&>(groups[1].options()).role() == muon::Rule::adamw);
+  DOCTEST_CHECK(groups[1].params().size() == 5);  // embedding, up_proj.bias, norm weight and bias, lm_head
+  const auto all_muon = muon::torch::moonlight_param_groups(tiny, MuonOptions(1e-3), {});
+  DOCTEST_CHECK(all_muon[0].params().size() == 3);  // no name patterns: every 2-D tensor goes to Muon
+}
