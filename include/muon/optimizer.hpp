@@ -95,9 +95,12 @@ class Optimizer {
     return check;
   }
 
-  StepReport step() {
+  StepReport step() { return step(check_gradients()); }
+
+  // The step, given what check_gradients() just found on these same gradients (a caller that
+  // checks several optimizers before stepping any, like the LibTorch adapter, reads them once).
+  StepReport step(const GradientCheck& check) {
     StepReport report;
-    const GradientCheck check = check_gradients();
     if (check.non_finite) {
       if (options_.on_non_finite == OnNonFinite::skip) {
         ++skipped_;

@@ -92,22 +92,22 @@ class Muon : public ::torch::optim::Optimizer {
       loss = closure();
     }
     sync_cores();
-    for (auto& core : cores_)
-      if (core) {
-        const auto check = core->check_gradients();
-        if (check.non_finite)
-          throw muon::NonFiniteGradient(*check.non_finite, "gradient of parameter '" + *check.non_finite +
-                                                              "' holds NaN or Inf; the step was rejected and nothing changed");
+    std::vector<muon::GradientCheck> checks(cores_.size());
+    for (std::size_t i = 0; i < cores_.size(); ++i)
+      if (cores_[i]) {
+        checks[i] = cores_[i]->check_gradients();
+        if (checks[i].non_finite)
+          throw muon::NonFiniteGradient(*checks[i].non_finite, "gradient of parameter '" + *checks[i].non_finite +
+                                                                   "' holds NaN or Inf; the step was rejected and nothing changed");
       }
-    for (auto& core : cores_)
-      if (core) (void)core->step();
+    for (std::size_t i = 0; i < cores_.size(); ++i)
+      if (cores_[i]) (void)cores_[i]->step(checks[i]);
     return loss;
   }
 
   // Writes, per group, its options and the core's whole state, keyed by position (group i,
   // parameter j) like LibTorch's own archives.
   void save(::torch::serialize::OutputArchive& archive) const override {
-    const_cast<Muon*>(this)->sync_cores();
     archive.write("muon_format", c10::IValue(std::string(kFormat)));
     archive.write("groups", c10::IValue(static_cast<std::int64_t>(param_groups_.size())));
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
@@ -115,7 +115,8 @@ class Muon : public ::torch::optim::Optimizer {
       ::torch::serialize::OutputArchive options(archive.compilation_unit());
       param_groups_[i].options().serialize(options);
       group.write("options", options);
-      const auto& core = cores_[i];
+      // A group with no core yet (no step since it was added) has no state to save.
+      Core* core = i < cores_.size() ? cores_[i].get() : nullptr;
       group.write("has_state", c10::IValue(core != nullptr));
       if (core) {
         const SavedState state = core->export_state();
