@@ -15,5 +15,6 @@
 #include "muon/orthogonalize.hpp"    // IWYU pragma: export
 #include "muon/parameter.hpp"        // IWYU pragma: export
 #include "muon/schedule.hpp"         // IWYU pragma: export
+#include "muon/state_io.hpp"         // IWYU pragma: export
 #include "muon/tensor.hpp"           // IWYU pragma: export
 #include "muon/version.hpp"          // IWYU pragma: export

@@ -24,28 +24,12 @@
 #include "muon/adamw_rule.hpp"
 #include "muon/backend.hpp"
 #include "muon/error.hpp"
-#include "muon/io/safetensors.hpp"
 #include "muon/muon_rule.hpp"
 #include "muon/options.hpp"
-#include "muon/options_json.hpp"
 #include "muon/parameter.hpp"
+#include "muon/state_io.hpp"
 
 namespace muon {
-
-// One state buffer on the host, named "<parameter>/<buffer>" (momentum, exp_avg, exp_avg_sq).
-struct StateTensor {
-  std::string name;
-  Shape shape;
-  std::vector<float> values;
-};
-
-// Everything an optimizer needs to resume bit-identically.
-struct SavedState {
-  std::int64_t step = 0;
-  std::int64_t skipped_steps = 0;
-  Options options{};
-  std::vector<StateTensor> tensors;
-};
 
 // What check_gradients found.
 struct GradientCheck {
@@ -75,7 +59,7 @@ class Optimizer {
   explicit Optimizer(std::vector<Parameter> params, Options options = {}, B backend = {})
       : backend_(std::move(backend)), params_(std::move(params)), options_(std::move(options)) {
     validate(options_);
-    check_table();
+    validate_table(params_);
     build_state();
   }
 
@@ -230,48 +214,12 @@ class Optimizer {
   }
 
   // Writes the state as one safetensors file, atomically.
-  void save(const std::filesystem::path& path) {
-    const SavedState state = export_state();
-    std::vector<safetensors::TensorToWrite> tensors;
-    for (const StateTensor& t : state.tensors) tensors.push_back(safetensors::tensor_f32(t.name, t.shape, t.values));
-    safetensors::write(path, tensors,
-                       {{"format", kStateFormat},
-                        {"step", std::to_string(state.step)},
-                        {"skipped_steps", std::to_string(state.skipped_steps)},
-                        {"options", to_json(state.options).dump()}});
-  }
+  void save(const std::filesystem::path& path) { write_state_file(path, export_state()); }
 
   // Reads a file written by `save`; see import_state for the checks.
-  void load(const std::filesystem::path& path) {
-    const auto file = safetensors::File::open(path);
-    const auto fail = [&](const std::string& what) {
-      throw StateMismatch("optimizer state '" + path.string() + "': " + what);
-    };
-    const auto& meta = file.metadata();
-    for (const char* key : {"format", "step", "skipped_steps", "options"})
-      if (!meta.contains(key)) fail(std::string("metadata has no '") + key + "'; not a muon optimizer state");
-    if (meta.at("format") != kStateFormat)
-      fail("format '" + meta.at("format") + "' is not '" + std::string(kStateFormat) + "'");
-    SavedState state;
-    try {
-      state.options = options_from_json(nlohmann::json::parse(meta.at("options")));
-      state.step = std::stoll(meta.at("step"));
-      state.skipped_steps = std::stoll(meta.at("skipped_steps"));
-    } catch (const std::exception& e) {
-      fail(std::string("metadata is unreadable: ") + e.what());
-    }
-    for (const std::string& name : file.names()) {
-      const auto& info = file.info(name);
-      if (info.dtype != safetensors::DType::F32)
-        fail("tensor '" + name + "' has dtype " + std::string(safetensors::dtype_name(info.dtype)) + ", expected F32");
-      state.tensors.push_back({name, info.shape, file.to_float(name)});
-    }
-    import_state(state, path.string());
-  }
+  void load(const std::filesystem::path& path) { import_state(read_state_file(path), path.string()); }
 
  private:
-  static constexpr const char* kStateFormat = "muon.optimizer_state.v1";
-
   struct MuonMember {
     std::size_t index;
     Buffer momentum;
@@ -288,30 +236,6 @@ class Optimizer {
     std::size_t index;
     Buffer exp_avg, exp_avg_sq;
   };
-
-  void check_table() const {
-    if (params_.empty())
-      throw InvalidArgument("the parameter table is empty: give the optimizer at least one parameter");
-    std::set<std::string> seen;
-    for (const Parameter& p : params_) {
-      if (p.name.empty()) throw InvalidArgument("a parameter has an empty name; every parameter needs a unique name");
-      if (!seen.insert(p.name).second) throw InvalidArgument("parameter name '" + p.name + "' appears twice");
-      for (const std::int64_t d : p.value.shape)
-        if (d <= 0) throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
-                                          "; every dimension must be positive");
-      if (p.value.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no value pointer");
-      check_gradient(p);
-      (void)route(p);
-    }
-  }
-
-  static void check_gradient(const Parameter& p) {
-    if (p.grad.data == nullptr)
-      throw InvalidArgument("parameter '" + p.name + "' has no gradient pointer");
-    if (p.grad.shape != p.value.shape)
-      throw ShapeMismatch("gradient of parameter '" + p.name + "' has shape " + to_string(p.grad.shape) +
-                          ", the parameter has " + to_string(p.value.shape));
-  }
 
   void build_state() {
     std::map<std::pair<std::int64_t, std::int64_t>, std::size_t> group_of_shape;

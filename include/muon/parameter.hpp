@@ -11,6 +11,8 @@
 #pragma once
 
 #include <optional>
+#include <set>
+#include <span>
 #include <string>
 
 #include "muon/error.hpp"
@@ -39,6 +41,32 @@ struct Parameter {
                           ": Muon takes 2-D matrices or 3-D stacks [E, rows, cols]; give it Role::norm "
                           "or Role::bias (AdamW), or reshape it to 2-D");
   return rule;
+}
+
+// The gradient must be bound and have the value's shape.
+inline void check_gradient(const Parameter& p) {
+  if (p.grad.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no gradient pointer");
+  if (p.grad.shape != p.value.shape)
+    throw ShapeMismatch("gradient of parameter '" + p.name + "' has shape " + to_string(p.grad.shape) +
+                        ", the parameter has " + to_string(p.value.shape));
+}
+
+// A table an optimizer can take: non-empty, unique non-empty names, positive dimensions, bound
+// values and gradients of matching shapes, and a rule each parameter can follow.
+inline void validate_table(std::span<const Parameter> params) {
+  if (params.empty()) throw InvalidArgument("the parameter table is empty: give the optimizer at least one parameter");
+  std::set<std::string> seen;
+  for (const Parameter& p : params) {
+    if (p.name.empty()) throw InvalidArgument("a parameter has an empty name; every parameter needs a unique name");
+    if (!seen.insert(p.name).second) throw InvalidArgument("parameter name '" + p.name + "' appears twice");
+    for (const std::int64_t d : p.value.shape)
+      if (d <= 0)
+        throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
+                              "; every dimension must be positive");
+    if (p.value.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no value pointer");
+    check_gradient(p);
+    (void)route(p);
+  }
 }
 
 }  // namespace muon

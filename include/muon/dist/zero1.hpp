@@ -1,0 +1,426 @@
+// muon/dist/zero1.hpp: the optimizer, sharded ZeRO-1 style over data-parallel ranks.
+//
+// Every rank holds the whole model and computes gradients on its own micro-batch. One step:
+//
+//   pack gradients into the plan's flat layout (plan.hpp)
+//   → reduce-scatter (avg), per bucket: each owner receives exactly its pieces' mean gradients
+//   → guard and clip on the global norm: each rank sums squares over what it owns, one all-reduce
+//   → each owner runs momentum → Newton–Schulz → update (or AdamW) on its pieces only, bucket by
+//     bucket, and starts the bucket's all-gather as soon as its pieces are done, so that the
+//     gather of one bucket overlaps the next bucket's Newton–Schulz
+//   → every rank copies the other owners' updated values into its model.
+//
+// A rank holds state only for what it owns, so the state per rank is 1/N of the single-process
+// optimizer's. The owners' work is the single-process optimizer itself (optimizer.hpp), one per
+// bucket over that rank's pieces: the rules exist once. Results depend on the world size only
+// through the order in which the engine sums gradients.
+//
+// Every public operation is collective: all ranks call it, in the same order. Errors are agreed,
+// so a bad input on one rank throws on every rank and no rank is left waiting.
+//
+//   muon::dist::MpiEnvironment mpi(argc, argv);
+//   muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::MpiCommunicator> opt(
+//       params, muon::Options{.lr = 4.2e-4}, muon::dist::MpiCommunicator{});
+//   for (...) { model.backward(local_batch); opt.step(); }
+//   opt.save("opt.safetensors");   // one file, the single-process format: loads at any world size
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "muon/backend.hpp"
+#include "muon/dist/communicator.hpp"
+#include "muon/dist/plan.hpp"
+#include "muon/error.hpp"
+#include "muon/optimizer.hpp"
+#include "muon/options_json.hpp"
+#include "muon/parameter.hpp"
+#include "muon/state_io.hpp"
+
+namespace muon::dist {
+
+struct ZeroOptions {
+  // Elements per communication bucket (over all ranks); smaller buckets overlap more, larger
+  // ones batch more Newton–Schulz per call.
+  std::int64_t bucket_elements = PlanOptions{}.bucket_elements;
+};
+
+template <Backend B, Communicator C>
+class ZeroOptimizer {
+ public:
+  using Buffer = typename B::Buffer;
+
+  ZeroOptimizer(std::vector<Parameter> params, Options options, C comm, B backend = {}, ZeroOptions zero = {})
+      : comm_(std::move(comm)), backend_(std::move(backend)), params_(std::move(params)), options_(std::move(options)) {
+    agree([&] {
+      validate(options_);
+      validate_table(params_);
+      if (zero.bucket_elements < 1) throw InvalidArgument("ZeroOptions.bucket_elements must be >= 1");
+    });
+    check_ranks_agree();
+    std::vector<TensorInfo> infos;
+    for (const Parameter& p : params_) infos.push_back({p.name, p.value.shape, route(p)});
+    plan_ = plan_zero1(infos, comm_.size(), {options_.muon.ns.steps, zero.bucket_elements});
+    build_shards();
+  }
+
+  // One collective step; see the file comment. A NaN or Inf in any rank's gradient rejects (or
+  // skips) the step on every rank, naming the same parameter, and changes nothing.
+  StepReport step() {
+    pack_gradients();
+    {
+      std::vector<typename C::Request> pending;
+      for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
+        const Bucket& bucket = plan_.buckets[b];
+        pending.push_back(comm_.reduce_scatter(bucket_span(b), shards_[b].span(), bucket.counts, ReduceOp::avg));
+      }
+      for (auto& r : pending) r.wait();
+    }
+    const GradientCheck check = check_owned_gradients();
+
+    StepReport report;
+    if (check.non_finite) {
+      if (options_.on_non_finite == OnNonFinite::skip) {
+        ++skipped_;
+        report.step = step_;
+        report.skipped = true;
+        return report;
+      }
+      throw NonFiniteGradient(*check.non_finite,
+                              "gradient of parameter '" + *check.non_finite +
+                                  "' holds NaN or Inf on some rank; the step was rejected on every rank and nothing "
+                                  "changed (set Options.on_non_finite = skip to skip such steps)");
+    }
+    report.grad_norm = std::sqrt(check.sum_squares);
+    if (options_.max_grad_norm > 0.0) {
+      const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);  // torch's clip factor
+      if (coef < 1.0) report.grad_scale = coef;
+    }
+    report.lr = options_.lr * lr_factor(options_.schedule, step_);
+    ++step_;
+    report.step = step_;
+
+    std::vector<typename C::Request> gathers;
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
+      if (owners_[b]) {
+        (void)owners_[b]->step(check);
+        pack_owned_values(b);
+      }
+      const Bucket& bucket = plan_.buckets[b];
+      const auto own = static_cast<std::size_t>(comm_.rank());
+      const auto flat = bucket_span(b);
+      gathers.push_back(comm_.all_gather(
+          flat.subspan(static_cast<std::size_t>(bucket.displacements[own]), static_cast<std::size_t>(bucket.counts[own])),
+          flat, bucket.counts));
+    }
+    for (auto& r : gathers) r.wait();
+    unpack_values();
+    return report;
+  }
+
+  [[nodiscard]] std::int64_t step_count() const { return step_; }
+  [[nodiscard]] std::int64_t skipped_steps() const { return skipped_; }
+  [[nodiscard]] const Options& options() const { return options_; }
+  [[nodiscard]] const Plan& plan() const { return plan_; }
+  [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
+  [[nodiscard]] C& communicator() { return comm_; }
+
+  // Optimizer-state floats this rank holds (momenta and moments of its pieces).
+  [[nodiscard]] std::int64_t state_elements() const {
+    return plan_.ranks[static_cast<std::size_t>(comm_.rank())].state_elements();
+  }
+
+  // Collective. Writes the whole state as one file in the single-process optimizer's format
+  // (state_io.hpp), keyed by parameter name: it loads at any world size, and into
+  // muon::Optimizer. Rank 0 writes it atomically; every rank gathers one parameter at a time.
+  void save(const std::filesystem::path& path) {
+    std::map<std::string, std::vector<float>> owned;
+    for (auto& o : owners_)
+      if (o)
+        for (StateTensor& t : o->export_state().tensors) owned[t.name] = std::move(t.values);
+    SavedState state{step_, skipped_, options_, {}};
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      for (const char* kind : state_kinds(i)) {
+        std::vector<float> full = gather_state(i, kind, owned);
+        if (comm_.rank() == 0) state.tensors.push_back({params_[i].name + "/" + kind, params_[i].value.shape, std::move(full)});
+      }
+    agree([&] {
+      if (comm_.rank() == 0) write_state_file(path, state);
+    });
+  }
+
+  // Collective. Reads a file written by `save` here or by muon::Optimizer::save, at any world
+  // size. Every rank reads it (a shared file system, or a copy per node); everything is checked
+  // on every rank before anything changes.
+  void load(const std::filesystem::path& path) {
+    SavedState state;
+    std::vector<std::optional<SavedState>> staged(owners_.size());
+    agree([&] {
+      state = read_state_file(path);
+      validate(state.options);
+      std::map<std::string, const StateTensor*> by_name;
+      for (const StateTensor& t : state.tensors) by_name[t.name] = &t;
+      std::set<std::string> expected;
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        for (const char* kind : state_kinds(i)) expected.insert(params_[i].name + "/" + kind);
+      for (const StateTensor& t : state.tensors)
+        if (!expected.contains(t.name))
+          throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + t.name +
+                              "' matches no parameter of this optimizer");
+      for (std::size_t b = 0; b < owners_.size(); ++b) {
+        if (!owners_[b]) continue;
+        SavedState& s = staged[b].emplace(SavedState{state.step, 0, state.options, {}});
+        for (const std::size_t k : owned_pieces_[b]) {
+          const Piece& piece = plan_.pieces[k];
+          const Parameter& p = params_[piece.param];
+          for (const char* kind : state_kinds(piece.param)) {
+            const std::string name = p.name + "/" + kind;
+            const auto it = by_name.find(name);
+            if (it == by_name.end())
+              throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' is missing");
+            if (it->second->shape != p.value.shape)
+              throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' has shape " +
+                                  to_string(it->second->shape) + ", the parameter has " + to_string(p.value.shape));
+            const auto first = it->second->values.begin() + piece.offset;
+            s.tensors.push_back({piece_name(piece) + "/" + kind, piece_shape(piece), {first, first + piece.size}});
+          }
+        }
+        (void)owners_[b]->check_state(s, path.string());
+      }
+    });
+    for (std::size_t b = 0; b < owners_.size(); ++b)
+      if (owners_[b]) owners_[b]->import_state(*staged[b], path.string());
+    options_ = state.options;
+    step_ = state.step;
+    skipped_ = state.skipped_steps;
+  }
+
+ private:
+  // Runs f on this rank. If it throws here or on any other rank, every rank throws: the rank(s)
+  // that failed their own error, the others a CommError quoting the lowest failing rank.
+  template <class F>
+  void agree(F&& f) {
+    std::exception_ptr error;
+    std::string message;
+    try {
+      f();
+    } catch (const std::exception& e) {
+      error = std::current_exception();
+      message = e.what();
+    }
+    std::int64_t failed[] = {error ? comm_.rank() : comm_.size()};
+    comm_.all_reduce(std::span<std::int64_t>(failed), ReduceOp::min);
+    if (failed[0] == comm_.size()) return;
+    std::int64_t length[] = {static_cast<std::int64_t>(message.size())};
+    const int root = static_cast<int>(failed[0]);
+    comm_.broadcast(std::span<std::int64_t>(length), root);
+    message.resize(static_cast<std::size_t>(length[0]));
+    comm_.broadcast(std::as_writable_bytes(std::span<char>(message)), root);
+    if (error) std::rethrow_exception(error);
+    throw CommError("rank " + std::to_string(root) + " failed: " + message);
+  }
+
+  // FNV-1a: a stable hash of what every rank must agree on.
+  static std::int64_t hash(std::string_view bytes, std::uint64_t h = 14695981039346656037ull) {
+    for (const char c : bytes) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    return std::bit_cast<std::int64_t>(h);
+  }
+  std::int64_t hash_parameter(const Parameter& p) const {
+    std::string key = p.name + '|' + to_string(p.value.shape) + '|' + (route(p) == Rule::muon ? "muon" : "adamw");
+    return hash(key);
+  }
+
+  // The ranks must hold the same table (names, shapes, rules, order) and the same options.
+  void check_ranks_agree() {
+    std::int64_t table = hash("table");
+    for (const Parameter& p : params_) table = hash(std::to_string(hash_parameter(p)), std::bit_cast<std::uint64_t>(table));
+    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table, hash(to_json(options_).dump())};
+    std::int64_t lo[3], hi[3];
+    std::copy(std::begin(mine), std::end(mine), lo);
+    std::copy(std::begin(mine), std::end(mine), hi);
+    comm_.all_reduce(std::span<std::int64_t>(lo), ReduceOp::min);
+    comm_.all_reduce(std::span<std::int64_t>(hi), ReduceOp::max);
+    const std::string where = " (this is rank " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) +
+                              "); every rank must build the same parameter table, in the same order, with the same options";
+    if (lo[0] != hi[0])
+      throw InvalidArgument("parameter tables differ between ranks: they have between " + std::to_string(lo[0]) +
+                            " and " + std::to_string(hi[0]) + " parameters, this rank " + std::to_string(mine[0]) + where);
+    if (lo[1] != hi[1]) {
+      std::vector<std::int64_t> each_lo, each_hi;
+      for (const Parameter& p : params_) each_lo.push_back(hash_parameter(p));
+      each_hi = each_lo;
+      comm_.all_reduce(std::span<std::int64_t>(each_lo), ReduceOp::min);
+      comm_.all_reduce(std::span<std::int64_t>(each_hi), ReduceOp::max);
+      std::size_t i = 0;
+      while (i + 1 < params_.size() && each_lo[i] == each_hi[i]) ++i;
+      const Parameter& p = params_[i];
+      throw InvalidArgument("parameter tables differ between ranks at entry " + std::to_string(i) + ": here it is '" +
+                            p.name + "' with shape " + to_string(p.value.shape) + ", rule " +
+                            (route(p) == Rule::muon ? "muon" : "adamw") + where);
+    }
+    if (lo[2] != hi[2]) throw InvalidArgument("Options differ between ranks" + where);
+  }
+
+  static std::vector<const char*> state_kinds(Rule rule) {
+    if (rule == Rule::muon) return {"momentum"};
+    return {"exp_avg", "exp_avg_sq"};
+  }
+  std::vector<const char*> state_kinds(std::size_t param) const { return state_kinds(route(params_[param])); }
+
+  // The name of a piece in its owner's optimizer: the parameter's, with the expert or the flat range.
+  std::string piece_name(const Piece& piece) const {
+    const Parameter& p = params_[piece.param];
+    if (piece.size == p.value.size()) return p.name;
+    if (piece.rule == Rule::muon) return p.name + "[" + std::to_string(piece.offset / piece.size) + "]";
+    return p.name + "[" + std::to_string(piece.offset) + ":" + std::to_string(piece.offset + piece.size) + "]";
+  }
+  Shape piece_shape(const Piece& piece) const {
+    const Shape& s = params_[piece.param].value.shape;
+    if (piece.rule == Rule::muon) return {s[s.size() - 2], s.back()};
+    return piece.size == numel(s) ? s : Shape{piece.size};
+  }
+
+  // The flat buffer, one bucket's stretch of it, and one rank's shard per bucket; and for each
+  // bucket with pieces here, an optimizer over them whose gradients live in the shard.
+  void build_shards() {
+    const auto own = static_cast<std::size_t>(comm_.rank());
+    flat_ = backend_.allocate(std::max<std::int64_t>(plan_.total_elements, 1));
+    owned_pieces_.resize(plan_.buckets.size());
+    // The owners' tables point into the shards: no reallocation may move them.
+    shards_.reserve(plan_.buckets.size());
+    owners_.reserve(plan_.buckets.size());
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
+      const Bucket& bucket = plan_.buckets[b];
+      shards_.push_back(backend_.allocate(std::max<std::int64_t>(bucket.counts[own], 1)));
+      std::vector<Parameter> pieces;
+      for (const std::size_t k : bucket.pieces) {
+        const Piece& piece = plan_.pieces[k];
+        if (piece.owner != comm_.rank()) continue;
+        owned_pieces_[b].push_back(k);
+        const Parameter& p = params_[piece.param];
+        const Shape shape = piece_shape(piece);
+        pieces.push_back({piece_name(piece), p.role, {p.value.data + piece.offset, shape},
+                          {shards_[b].span().data() + piece.shard_offset, shape}, piece.rule});
+      }
+      owners_.emplace_back();
+      if (!pieces.empty()) owners_.back().emplace(std::move(pieces), options_, backend_);
+    }
+  }
+
+  std::span<float> bucket_span(std::size_t b) {
+    const Bucket& bucket = plan_.buckets[b];
+    return flat_.span().subspan(static_cast<std::size_t>(bucket.offset), static_cast<std::size_t>(bucket.size));
+  }
+  std::span<float> slot(std::size_t b, const Piece& piece) {
+    const Bucket& bucket = plan_.buckets[b];
+    return bucket_span(b).subspan(
+        static_cast<std::size_t>(bucket.displacements[static_cast<std::size_t>(piece.owner)] + piece.shard_offset),
+        static_cast<std::size_t>(piece.size));
+  }
+  template <class T>
+  static std::span<T> range(const TensorRef<T>& t, const Piece& piece) {
+    return t.span().subspan(static_cast<std::size_t>(piece.offset), static_cast<std::size_t>(piece.size));
+  }
+
+  void pack_gradients() {
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b)
+      for (const std::size_t k : plan_.buckets[b].pieces) {
+        const Piece& piece = plan_.pieces[k];
+        backend_.axpby(1.0f, range(params_[piece.param].grad, piece), 0.0f, slot(b, piece));
+      }
+  }
+  void pack_owned_values(std::size_t b) {
+    for (const std::size_t k : owned_pieces_[b]) {
+      const Piece& piece = plan_.pieces[k];
+      backend_.axpby(1.0f, range(params_[piece.param].value, piece), 0.0f, slot(b, piece));
+    }
+  }
+  void unpack_values() {
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b)
+      for (const std::size_t k : plan_.buckets[b].pieces) {
+        const Piece& piece = plan_.pieces[k];
+        if (piece.owner != comm_.rank())
+          backend_.axpby(1.0f, std::span<const float>(slot(b, piece)), 0.0f, range(params_[piece.param].value, piece));
+      }
+  }
+
+  // The global squared norm (each element counted once, by its owner) and the first parameter,
+  // in table order, whose mean gradient is not finite on any rank.
+  GradientCheck check_owned_gradients() {
+    double sum_squares[] = {0.0};
+    std::int64_t first_bad[] = {static_cast<std::int64_t>(params_.size())};
+    for (std::size_t b = 0; b < owned_pieces_.size(); ++b)
+      for (const std::size_t k : owned_pieces_[b]) {
+        const Piece& piece = plan_.pieces[k];
+        const double ss = backend_.sum_squares(
+            shards_[b].span().subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
+        if (std::isfinite(ss)) sum_squares[0] += ss;
+        else first_bad[0] = std::min(first_bad[0], static_cast<std::int64_t>(piece.param));
+      }
+    comm_.all_reduce(std::span<double>(sum_squares), ReduceOp::sum);
+    comm_.all_reduce(std::span<std::int64_t>(first_bad), ReduceOp::min);
+    GradientCheck check{sum_squares[0], {}};
+    if (first_bad[0] < static_cast<std::int64_t>(params_.size()))
+      check.non_finite = params_[static_cast<std::size_t>(first_bad[0])].name;
+    return check;
+  }
+
+  // One state tensor of one parameter, assembled from its owners' pieces on every rank.
+  std::vector<float> gather_state(std::size_t param, const char* kind, const std::map<std::string, std::vector<float>>& owned) {
+    const auto world = static_cast<std::size_t>(comm_.size());
+    std::vector<std::vector<const Piece*>> by_rank(world);
+    for (const Piece& piece : plan_.pieces)
+      if (piece.param == param) by_rank[static_cast<std::size_t>(piece.owner)].push_back(&piece);
+    std::vector<std::int64_t> counts(world, 0);
+    for (std::size_t r = 0; r < world; ++r) {
+      std::sort(by_rank[r].begin(), by_rank[r].end(), [](const Piece* a, const Piece* b) { return a->offset < b->offset; });
+      for (const Piece* piece : by_rank[r]) counts[r] += piece->size;
+    }
+    const std::int64_t total = params_[param].value.size();
+    std::vector<float> mine;
+    for (const Piece* piece : by_rank[static_cast<std::size_t>(comm_.rank())]) {
+      const std::vector<float>& values = owned.at(piece_name(*piece) + "/" + kind);
+      mine.insert(mine.end(), values.begin(), values.end());
+    }
+    // Through the backend's memory, which is the communicator's.
+    Buffer send = backend_.allocate(std::max<std::int64_t>(std::ssize(mine), 1));
+    Buffer recv = backend_.allocate(total);
+    const auto send_span = send.span().first(mine.size());
+    backend_.from_host(mine, send_span);
+    comm_.all_gather(send_span, recv.span(), counts).wait();
+    std::vector<float> gathered(static_cast<std::size_t>(total)), full(static_cast<std::size_t>(total));
+    backend_.to_host(recv.span(), gathered);
+    std::int64_t at = 0;
+    for (const auto& pieces : by_rank)
+      for (const Piece* piece : pieces) {
+        std::copy_n(gathered.begin() + at, piece->size, full.begin() + piece->offset);
+        at += piece->size;
+      }
+    return full;
+  }
+
+  C comm_;
+  B backend_;
+  std::vector<Parameter> params_;
+  Options options_;
+  Plan plan_;
+  Buffer flat_;
+  std::vector<Buffer> shards_;
+  std::vector<std::vector<std::size_t>> owned_pieces_;  // per bucket: this rank's pieces
+  std::vector<std::optional<Optimizer<B>>> owners_;     // per bucket: the optimizer over them
+  std::int64_t step_ = 0;
+  std::int64_t skipped_ = 0;
+};
+
+}  // namespace muon::dist
