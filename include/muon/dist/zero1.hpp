@@ -83,7 +83,7 @@ class ZeroOptimizer {
       std::vector<typename C::Request> pending;
       for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
         const Bucket& bucket = plan_.buckets[b];
-        pending.push_back(comm_.reduce_scatter(bucket_span(b), shards_[b].span(), bucket.counts, ReduceOp::avg));
+        pending.push_back(comm_.reduce_scatter(bucket_span(b), shard(b), bucket.counts, ReduceOp::avg));
       }
       for (auto& r : pending) r.wait();
     }
@@ -322,6 +322,11 @@ class ZeroOptimizer {
     const Bucket& bucket = plan_.buckets[b];
     return flat_.span().subspan(static_cast<std::size_t>(bucket.offset), static_cast<std::size_t>(bucket.size));
   }
+  // This rank's block of bucket b's gradients (the buffer holds at least one float).
+  std::span<float> shard(std::size_t b) {
+    return shards_[b].span().first(
+        static_cast<std::size_t>(plan_.buckets[b].counts[static_cast<std::size_t>(comm_.rank())]));
+  }
   std::span<float> slot(std::size_t b, const Piece& piece) {
     const Bucket& bucket = plan_.buckets[b];
     return bucket_span(b).subspan(
@@ -364,7 +369,7 @@ class ZeroOptimizer {
       for (const std::size_t k : owned_pieces_[b]) {
         const Piece& piece = plan_.pieces[k];
         const double ss = backend_.sum_squares(
-            shards_[b].span().subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
+            shard(b).subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
         if (std::isfinite(ss)) sum_squares[0] += ss;
         else first_bad[0] = std::min(first_bad[0], static_cast<std::int64_t>(piece.param));
       }

@@ -1,0 +1,215 @@
+// ZeRO-1 over MPI ranks (CTest runs this binary under mpirun at 1, 2, 3 and 4 ranks): equal to
+// the single-process optimizer, checkpoints across world sizes, and errors agreed on every rank.
+// A failed REQUIRE would leave the other ranks waiting in a collective, so the checks that
+// precede a collective are CHECKs; CTest's timeout catches a hang.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <muon/dist/mpi.hpp>
+#include <muon/dist/zero1.hpp>
+#include <optional>
+
+#include "zero_support.hpp"
+
+using muon::dist::MpiCommunicator;
+using muon::test::ZeroModel;
+using Zero = muon::dist::ZeroOptimizer<muon::EigenBackend, MpiCommunicator>;
+using Single = muon::Optimizer<muon::EigenBackend>;
+
+namespace {
+
+const muon::Options kOptions{.lr = 0.02, .weight_decay = 0.1};
+// Small buckets, so that every rank owns pieces in several buckets and the overlap path runs.
+const muon::dist::ZeroOptions kZero{.bucket_elements = 300};
+
+// The ranks [0, size) of `world` as a communicator of their own; nullopt on the others.
+std::optional<MpiCommunicator> first_ranks(const MpiCommunicator& world, int size) {
+  MPI_Comm sub = MPI_COMM_NULL;
+  MPI_Comm_split(world.native(), world.rank() < size ? 0 : MPI_UNDEFINED, world.rank(), &sub);
+  if (sub == MPI_COMM_NULL) return std::nullopt;
+  MpiCommunicator comm(sub);  // duplicates it
+  MPI_Comm_free(&sub);
+  return comm;
+}
+
+// A file name every rank agrees on: rank 0's pid.
+std::filesystem::path shared_path(MpiCommunicator& comm, const std::string& name) {
+  std::int64_t pid[] = {static_cast<std::int64_t>(::getpid())};
+  comm.broadcast(std::span<std::int64_t>(pid), 0);
+  return std::filesystem::temp_directory_path() / ("muon_zero_" + name + "_" + std::to_string(pid[0]));
+}
+
+double max_abs_diff(const ZeroModel& a, const ZeroModel& b) {
+  double d = 0.0;
+  for (std::size_t i = 0; i < a.tensors.size(); ++i)
+    d = std::max(d, muon::test::max_abs_diff(a.tensors[i].value, b.tensors[i].value));
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("after K steps every rank's parameters equal the single-process optimizer's, bit for bit") {
+  MpiCommunicator comm;
+  ZeroModel zm, ref;
+  Zero zero(zm.table(), kOptions, comm, {}, kZero);
+  Single single(ref.table(), kOptions);
+  for (int step = 0; step < 5; ++step) {
+    zm.set_rank_gradients(step, comm.rank());
+    ref.set_mean_gradients(step, comm.size());
+    const muon::StepReport a = zero.step();
+    const muon::StepReport b = single.step();
+    // The squared norms are summed in another order (per owner, then across ranks): double
+    // rounding, far below float resolution.
+    CHECK(a.grad_norm == doctest::Approx(b.grad_norm).epsilon(1e-12));
+  }
+  CHECK(zm.values() == ref.values());
+  CHECK(zero.state_elements() == zero.plan().ranks[static_cast<std::size_t>(comm.rank())].state_elements());
+}
+
+TEST_CASE("with clipping, ZeRO-1 matches the single-process optimizer within float rounding") {
+  MpiCommunicator comm;
+  muon::Options options = kOptions;
+  options.max_grad_norm = 1.0;  // the gradients' norm is about 35: every step clips
+  ZeroModel zm, ref;
+  Zero zero(zm.table(), options, comm, {}, kZero);
+  Single single(ref.table(), options);
+  for (int step = 0; step < 5; ++step) {
+    zm.set_rank_gradients(step, comm.rank());
+    ref.set_mean_gradients(step, comm.size());
+    CHECK(zero.step().grad_scale < 1.0);
+    (void)single.step();
+  }
+  // The global norm is summed in another order, which can move the float clip factor by one
+  // ulp (6e-8 relative); five steps of lr 0.02 keep the parameters within 1e-6 of each other.
+  CHECK(max_abs_diff(zm, ref) <= 1e-6);
+}
+
+TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single-process optimizer, as an uninterrupted run") {
+  MpiCommunicator world;
+  const int n = world.size(), m = std::max(1, n - 1);
+  const auto path = shared_path(world, "resume");
+  for (const auto& [writers, readers] : {std::pair{n, m}, std::pair{m, n}}) {
+    CAPTURE(writers);
+    CAPTURE(readers);
+    ZeroModel zm, ref, single_model;
+    Single reference(ref.table(), kOptions);
+    for (int step = 0; step < 6; ++step) {
+      ref.set_mean_gradients(step, step < 3 ? writers : readers);
+      (void)reference.step();
+    }
+    if (auto comm = first_ranks(world, writers)) {
+      Zero zero(zm.table(), kOptions, *comm, {}, kZero);
+      for (int step = 0; step < 3; ++step) {
+        zm.set_rank_gradients(step, comm->rank());
+        (void)zero.step();
+      }
+      zero.save(path);
+    }
+    // The ranks that did not write get the model as it was saved.
+    for (auto& t : zm.tensors) world.broadcast(std::span<float>(t.value), 0);
+    single_model.set_values(zm.values());
+    if (auto comm = first_ranks(world, readers)) {
+      Zero zero(zm.table(), kOptions, *comm, {}, kZero);
+      zero.load(path);
+      CHECK(zero.step_count() == 3);
+      for (int step = 3; step < 6; ++step) {
+        zm.set_rank_gradients(step, comm->rank());
+        (void)zero.step();
+      }
+      CHECK(zm.values() == ref.values());
+    }
+    Single single(single_model.table(), kOptions);
+    single.load(path);
+    for (int step = 3; step < 6; ++step) {
+      single_model.set_mean_gradients(step, readers);
+      (void)single.step();
+    }
+    CHECK(single_model.values() == ref.values());
+    world.barrier();
+  }
+  if (world.rank() == 0) std::filesystem::remove(path);
+}
+
+TEST_CASE("parameter tables or options that differ between ranks are rejected on every rank, without a hang") {
+  MpiCommunicator comm;
+  const bool last = comm.rank() == comm.size() - 1;
+  // A table that is wrong on one rank only: the others learn which rank and why.
+  ZeroModel zm;
+  std::vector<muon::Parameter> table = zm.table();
+  if (last) table[1].name = table[0].name;
+  try {
+    Zero zero(table, kOptions, comm);
+    FAIL("a duplicate name on the last rank was accepted");
+  } catch (const muon::dist::CommError& e) {
+    CHECK(!last);
+    CHECK(std::string(e.what()).find("rank " + std::to_string(comm.size() - 1) + " failed") != std::string::npos);
+    CHECK(std::string(e.what()).find("appears twice") != std::string::npos);
+  } catch (const muon::InvalidArgument& e) {
+    CHECK(last);
+    CHECK(std::string(e.what()).find("appears twice") != std::string::npos);
+  }
+  if (comm.size() == 1) return;
+  // Valid tables that differ: every rank names the first entry that differs.
+  ZeroModel other(last);
+  CHECK_THROWS_WITH_AS(Zero(other.table(), kOptions, comm), doctest::Contains("differ between ranks at entry 2"),
+                       muon::InvalidArgument);
+  muon::Options options = kOptions;
+  if (last) options.lr = 0.5;
+  CHECK_THROWS_WITH_AS(Zero(zm.table(), options, comm), doctest::Contains("Options differ between ranks"),
+                       muon::InvalidArgument);
+}
+
+TEST_CASE("a NaN gradient on one rank rejects or skips the step on every rank and changes nothing") {
+  MpiCommunicator comm;
+  const bool last = comm.rank() == comm.size() - 1;
+  for (const auto policy : {muon::OnNonFinite::fail, muon::OnNonFinite::skip}) {
+    muon::Options options = kOptions;
+    options.on_non_finite = policy;
+    ZeroModel zm, ref;
+    Zero zero(zm.table(), options, comm, {}, kZero);
+    Single single(ref.table(), options);
+    zm.set_rank_gradients(0, comm.rank());
+    ref.set_mean_gradients(0, comm.size());
+    (void)zero.step();
+    (void)single.step();
+    const auto before = zm.values();
+    zm.set_rank_gradients(1, comm.rank());
+    if (last) zm.tensors[4].grad[100] = std::numeric_limits<float>::quiet_NaN();
+    if (policy == muon::OnNonFinite::fail) {
+      try {
+        (void)zero.step();
+        FAIL("the NaN step was accepted");
+      } catch (const muon::NonFiniteGradient& e) {
+        CHECK(e.parameter() == zm.tensors[4].name);
+      }
+    } else {
+      CHECK(zero.step().skipped);
+      CHECK(zero.skipped_steps() == 1);
+    }
+    CHECK(zm.values() == before);
+    CHECK(zero.step_count() == 1);
+    // The state did not move either: the next good step equals the reference's.
+    zm.set_rank_gradients(1, comm.rank());
+    ref.set_mean_gradients(1, comm.size());
+    (void)zero.step();
+    (void)single.step();
+    CHECK(zm.values() == ref.values());
+  }
+}
+
+int main(int argc, char** argv) {
+  muon::dist::MpiEnvironment mpi(argc, argv);
+  int failed = 0;
+  {
+    doctest::Context context(argc, argv);
+    failed = context.run() != 0 ? 1 : 0;
+    if (context.shouldExit()) return failed;
+  }
+  // Every rank exits alike: failed if any rank failed.
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return failed;
+}
