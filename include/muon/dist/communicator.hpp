@@ -9,7 +9,7 @@
 //
 // Conventions every communicator keeps:
 //   - every rank calls the same operations in the same order with the same counts;
-//   - `ReduceOp::avg` is the sum multiplied by the float 1/size;
+//   - `ReduceOp::avg` is the mean (MPI: the sum times the float 1/size; NCCL: ncclAvg);
 //   - all_gather is in place when `send` is the rank's own block of `recv`; reduce_scatter's
 //     buffers do not overlap;
 //   - an engine failure throws CommError.
