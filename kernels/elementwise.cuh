@@ -4,7 +4,7 @@
 //             decay-and-apply of the scaled update (a bf16 update onto fp32 parameters).
 //   momentum: M ← μM + g·G (g = 1 for the sum form, 1−μ for EMA), and the Newton–Schulz input
 //             U = g·G + μM (Nesterov) or U = M, with the clipping factor applied to G on the fly.
-//   convert:  fp32 → bf16 (round to nearest even, as torch's .bfloat16()).
+//   convert:  fp32 ↔ bf16 (to bf16: round to nearest even, as torch's .bfloat16()).
 // The arithmetic follows the Eigen backend's expressions term by term.
 #pragma once
 
@@ -30,9 +30,9 @@ __global__ void momentum_kernel(std::int64_t n, float* m, const G* g, float mu, 
   }
 }
 
-template <class T>
-__global__ void convert_kernel(std::int64_t n, const float* __restrict__ x, T* __restrict__ y) {
-  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = T(x[i]);
+template <class From, class To>
+__global__ void convert_kernel(std::int64_t n, const From* __restrict__ x, To* __restrict__ y) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = To(to_float(x[i]));
 }
 
 }  // namespace muon::kernels

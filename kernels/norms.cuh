@@ -50,12 +50,14 @@ __global__ void __launch_bounds__(kBlock) finish_norms_kernel(const double* part
   }
 }
 
-// X_k ← X_k · factor[k] for every matrix k of the stack (grid: blocks × matrices).
-template <class T>
-__global__ void scale_matrices_kernel(T* x, std::int64_t matrix_size, const float* factor) {
-  T* xk = x + std::int64_t{blockIdx.y} * matrix_size;
+// Y_k ← X_k · factor[k] for every matrix k of the stack (grid: blocks × matrices); Y may be X,
+// or a bf16 copy (the normalisation fused with the cast that starts a bf16 Newton–Schulz).
+template <class X, class Y>
+__global__ void scale_matrices_kernel(const X* x, std::int64_t matrix_size, const float* factor, Y* y) {
+  const std::int64_t offset = std::int64_t{blockIdx.y} * matrix_size;
   const float f = factor[blockIdx.y];
-  for (std::int64_t i = global_thread(); i < matrix_size; i += grid_stride()) xk[i] = T(to_float(xk[i]) * f);
+  for (std::int64_t i = global_thread(); i < matrix_size; i += grid_stride())
+    y[offset + i] = Y(to_float(x[offset + i]) * f);
 }
 
 // *flag ← 1 if any element is NaN or ±Inf; the caller clears it first. Every writer stores the

@@ -40,8 +40,8 @@ __global__ void mirror_lower_kernel(T* c, std::int64_t n) {
 //   a[e] = x + k·x_stride + P·tile_step,  b[e] = x + k·x_stride + Q·tile_step,
 //   c[e] = c + k·c_stride + P·t + Q·t·ldc   (tile (P, Q) of the column-major result).
 // tile_step is how far apart consecutive tiles of the operand are (t·cols for X·Xᵀ, t for Xᵀ·X).
-template <class T>
-__global__ void tile_pair_pointers_kernel(const T* x, std::int64_t x_stride, std::int64_t tile_step, float* c,
+template <class T, class C>
+__global__ void tile_pair_pointers_kernel(const T* x, std::int64_t x_stride, std::int64_t tile_step, C* c,
                                           std::int64_t c_stride, std::int64_t ldc, std::int64_t t, int pairs,
                                           std::int64_t entries, const void** a, const void** b, void** out) {
   const std::int64_t e = global_thread();

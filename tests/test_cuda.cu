@@ -305,7 +305,7 @@ TEST_CASE("apply_update: a bf16 update decays and moves fp32 parameters") {
 
 TEST_CASE("Newton–Schulz on the GPU: batched equals looped and equals the Eigen backend") {
   // Wide, tall (right multiplication) and 3:1 (Gram Newton–Schulz under NsMethod::automatic).
-  for (const auto& [rows, cols] : {std::pair{48, 80}, {80, 48}, {32, 96}})
+  for (const auto& [rows, cols] : {std::pair{48, 80}, {80, 48}, {32, 96}, {128, 256}, {256, 128}})
     for (const auto precision : {NsPrecision::fp32, NsPrecision::bf16}) {
       CAPTURE(rows);
       CAPTURE(cols);

@@ -36,6 +36,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -252,56 +253,32 @@ class CudaBackend {
         blas_int(c.batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
-  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric. Row-major X is
-  // column-major Xᵀ (ld = cols), so X·Xᵀ is op T·N and Xᵀ·X is op N·T on it. One triangle is
-  // computed (row-major lower) and mirrored; with β ≠ 0 that needs C symmetric, as the concept says.
+  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric. fp32: cublasSsyrk per
+  // matrix on the column-major Xᵀ (ld = cols; trans T gives X·Xᵀ, N gives Xᵀ·X) fills its upper
+  // triangle, the row-major lower one, which is then mirrored; with β ≠ 0 that needs C
+  // symmetric, as the concept says. bf16: symmetric_product.
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
     if (c.size() == 0) return;
     const bool rows = side == GramSide::rows;
     const std::int64_t n = rows ? x.rows : x.cols, inner = rows ? x.cols : x.rows;
-    const cublasOperation_t opa = rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = rows ? CUBLAS_OP_N : CUBLAS_OP_T;
     if (options_.ns_precision == NsPrecision::fp32) {
       for (std::int64_t k = 0; k < x.batch; ++k)
-        MUON_CUDA_CHECK(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, opa, blas_int(n, "Gram size"),
+        MUON_CUDA_CHECK(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    blas_int(n, "Gram size"),
                                     blas_int(inner, "inner size"), &alpha, x.matrix(k), blas_int(x.cols, "ldx"), &beta,
                                     c.matrix(k), blas_int(n, "ldc")));
-      mirror_lower(c);
+      mirror_lower(c.data, n, c.batch);
       return;
     }
     const int tiles = symmetric_tiles(n);
-    const std::int64_t t = n / tiles, pairs = std::int64_t{tiles} * (tiles + 1) / 2, entries = x.batch * pairs;
     cuda_detail::Carver measure;
     (void)measure.take<__nv_bfloat16>(x.size());
-    if (tiles > 1) (void)measure.take<void*>(3 * entries);
+    (void)measure.take<void*>(tile_pointer_count(x.batch, tiles));
     cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     __nv_bfloat16* x16 = carve.take<__nv_bfloat16>(x.size());
+    void** pointers = carve.take<void*>(tile_pointer_count(x.batch, tiles));
     to_bf16(x.span(), x16);
-    if (tiles == 1) {  // the full product: symmetric by construction, no mirror
-      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
-          context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
-          &alpha, x16, CUDA_R_16BF, blas_int(x.cols, "ldx"), x.matrix_size(), x16, CUDA_R_16BF, blas_int(x.cols, "ldx"),
-          x.matrix_size(), &beta, c.data, CUDA_R_32F, blas_int(n, "ldc"), c.matrix_size(), blas_int(c.batch, "batch"),
-          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      return;
-    }
-    void** pointers = carve.take<void*>(3 * entries);
-    const auto a_ptrs = const_cast<const void**>(pointers);
-    const auto b_ptrs = const_cast<const void**>(pointers + entries);
-    void** c_ptrs = pointers + 2 * entries;
-    // Consecutive tiles of the operand: t columns of the column-major Xᵀ apart (t rows of X) for
-    // X·Xᵀ, t rows of it (t columns of X) for Xᵀ·X.
-    const std::int64_t tile_step = rows ? t * x.cols : t;
-    kernels::tile_pair_pointers_kernel<__nv_bfloat16>
-        <<<static_cast<unsigned>((entries + kernels::kThreads - 1) / kernels::kThreads), kernels::kThreads, 0,
-           context_->stream>>>(x16, x.matrix_size(), tile_step, c.data, c.matrix_size(), n, t,
-                               static_cast<int>(pairs), entries, a_ptrs, b_ptrs, c_ptrs);
-    MUON_CUDA_CHECK(cudaGetLastError());
-    MUON_CUDA_CHECK(cublasGemmBatchedEx(context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"),
-                                        blas_int(inner, "inner size"), &alpha, a_ptrs, CUDA_R_16BF,
-                                        blas_int(x.cols, "ldx"), b_ptrs, CUDA_R_16BF, blas_int(x.cols, "ldx"), &beta,
-                                        c_ptrs, CUDA_R_32F, blas_int(n, "ldc"), blas_int(entries, "tile pairs"),
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    mirror_lower(c);
+    symmetric_product(x16, x.batch, x.rows, x.cols, side, alpha, beta, c.data, tiles, pointers);
   }
 
   void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) {
@@ -321,19 +298,9 @@ class CudaBackend {
   }
 
   // Per matrix, on the device: ‖X‖_F (kernels/norms.cuh), then X ← X·(1/(‖X‖+ε)) or
-  // X·(1/max(‖X‖, ε)). The factors stay on the device; see inverse_norms().
+  // X·(1/max(‖X‖, ε)); the factors stay on the device and feed the scaling kernel directly.
   void normalize(MatrixStack<float> x, float eps, NormEps mode) {
     if (x.size() == 0) return;
-    float* inverse = inverse_norms(x.as_const(), eps, mode);
-    kernels::scale_matrices_kernel<float>
-        <<<dim3(kernels::grid_for(x.matrix_size()), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
-            x.data, x.matrix_size(), inverse);
-    MUON_CUDA_CHECK(cudaGetLastError());
-  }
-
-  // The normalisation factor of every matrix of the stack, written to device memory in the
-  // scratch arena (valid until the next backend operation); no host synchronisation.
-  [[nodiscard]] float* inverse_norms(MatrixStack<const float> x, float eps, NormEps mode) {
     const int parts = kernels::norm_parts(x.matrix_size());
     cuda_detail::Carver measure;
     (void)measure.take<double>(x.batch * parts);
@@ -341,14 +308,76 @@ class CudaBackend {
     cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     double* partial = carve.take<double>(x.batch * parts);
     float* inverse = carve.take<float>(x.batch);
-    kernels::sum_squares_partial_kernel<float, kernels::kThreads>
-        <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
-            x.data, x.matrix_size(), partial);
+    inverse_norms(x.as_const(), eps, mode, partial, inverse);
+    scale_matrices(x.data, x.batch, x.matrix_size(), inverse, x.data);
+  }
+
+  // Optional capability (muon/orthogonalize.hpp, RunsNewtonSchulz): the whole Newton–Schulz of a
+  // stack with bf16 storage, as the references run it. X is normalised on the device and cast to
+  // bf16 in one pass; every iteration is three cuBLAS calls with the epilogues in α/β:
+  //   A = X·Xᵀ (symmetric: tile pairs + mirror); B = c·A·A + b·A (A·A = A·Aᵀ, symmetric too, onto
+  //   a copy of A); X' = a·X + B·X (onto a copy of X);
+  // and X is cast back to fp32 at the end. X, A and B stay in bf16 between the products (the
+  // portable path rounds fp32 buffers to bf16 before every product instead). Tall matrices
+  // iterate on Xᵀ·X and multiply from the right, with no transposition. Returns false, doing
+  // nothing, in fp32 precision and for the shapes `options` sends to Gram Newton–Schulz: the
+  // portable path runs those.
+  [[nodiscard]] bool newton_schulz(MatrixStack<float> x, const NsOptions& o) {
+    if (options_.ns_precision != NsPrecision::bf16 || uses_gram_ns(o, x.rows, x.cols)) return false;
+    if (x.size() == 0) return true;
+    const bool wide = x.rows <= x.cols;
+    const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
+    const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
+    const int parts = kernels::norm_parts(xs);
+    cuda_detail::Carver measure;
+    (void)measure.take<double>(batch * parts);
+    (void)measure.take<float>(batch);
+    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(x.size());
+    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(batch * nn);
+    (void)measure.take<void*>(tile_pointer_count(batch, tiles));
+    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    double* partial = carve.take<double>(batch * parts);
+    float* inverse = carve.take<float>(batch);
+    __nv_bfloat16* cur = carve.take<__nv_bfloat16>(x.size());
+    __nv_bfloat16* nxt = carve.take<__nv_bfloat16>(x.size());
+    __nv_bfloat16* gram16 = carve.take<__nv_bfloat16>(batch * nn);
+    __nv_bfloat16* poly16 = carve.take<__nv_bfloat16>(batch * nn);
+    void** pointers = carve.take<void*>(tile_pointer_count(batch, tiles));
+
+    inverse_norms(x.as_const(), static_cast<float>(o.eps / o.schedule.norm_scale), o.eps_mode, partial, inverse);
+    scale_matrices(x.data, batch, xs, inverse, cur);
+    const GramSide side = wide ? GramSide::rows : GramSide::cols;
+    for (int k = 0; k < o.steps; ++k) {
+      const NsCoefficients t = internal::iteration_triple(o, k);
+      symmetric_product(cur, batch, x.rows, x.cols, side, 1.0f, 0.0f, gram16, tiles, pointers);
+      // B·X with B = b·A + c·A²; for a cubic step (c = 0) that is b·(A·X), with no B.
+      const __nv_bfloat16* poly = gram16;
+      auto alpha = static_cast<float>(t.b);
+      if (t.c != 0.0) {
+        copy(poly16, gram16, batch * nn);
+        symmetric_product(gram16, batch, n, n, GramSide::rows, static_cast<float>(t.c), static_cast<float>(t.b), poly16,
+                          tiles, pointers);
+        poly = poly16;
+        alpha = 1.0f;
+      }
+      copy(nxt, cur, x.size());
+      const auto a = static_cast<float>(t.a);
+      // Column-major, X is Y = Xᵀ (cols×rows, ld cols). Wide: (B·X)ᵀ = Y·B (B symmetric);
+      // tall: (X·B)ᵀ = B·Y. Either way the n×n factor has ld n and the result ld cols.
+      const __nv_bfloat16* left = wide ? cur : poly;
+      const __nv_bfloat16* right = wide ? poly : cur;
+      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+          context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
+          blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
+          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF, blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"),
+          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      std::swap(cur, nxt);
+    }
+    const std::int64_t total = x.size();
+    kernels::convert_kernel<__nv_bfloat16, float>
+        <<<kernels::grid_for(total), kernels::kThreads, 0, context_->stream>>>(total, cur, x.data);
     MUON_CUDA_CHECK(cudaGetLastError());
-    kernels::finish_norms_kernel<kernels::kThreads><<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(
-        partial, parts, nullptr, inverse, eps, mode == NormEps::max);
-    MUON_CUDA_CHECK(cudaGetLastError());
-    return inverse;
+    return true;
   }
 
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
@@ -448,14 +477,87 @@ class CudaBackend {
 
   void to_bf16(std::span<const float> x, __nv_bfloat16* out) {
     const auto n = static_cast<std::int64_t>(x.size());
-    kernels::convert_kernel<__nv_bfloat16><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), out);
+    kernels::convert_kernel<float, __nv_bfloat16>
+        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), out);
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
-  void mirror_lower(MatrixStack<float> c) {
-    const auto tiles = static_cast<unsigned>((c.rows + kernels::kMirrorTile - 1) / kernels::kMirrorTile);
-    kernels::mirror_lower_kernel<float>
-        <<<dim3(tiles, tiles, grid_y(c.batch)), dim3(kernels::kMirrorTile, 8), 0, context_->stream>>>(c.data, c.rows);
+  template <class T>
+  void copy(T* to, const T* from, std::int64_t count) {
+    MUON_CUDA_CHECK(cudaMemcpyAsync(to, from, static_cast<std::size_t>(count) * sizeof(T), cudaMemcpyDeviceToDevice,
+                                    context_->stream));
+  }
+
+  // Writes 1/(‖X_k‖+ε) or 1/max(‖X_k‖, ε) to inverse[k]; partial holds batch·norm_parts doubles.
+  void inverse_norms(MatrixStack<const float> x, float eps, NormEps mode, double* partial, float* inverse) {
+    const int parts = kernels::norm_parts(x.matrix_size());
+    kernels::sum_squares_partial_kernel<float, kernels::kThreads>
+        <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
+            x.data, x.matrix_size(), partial);
+    MUON_CUDA_CHECK(cudaGetLastError());
+    kernels::finish_norms_kernel<kernels::kThreads><<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(
+        partial, parts, nullptr, inverse, eps, mode == NormEps::max);
+    MUON_CUDA_CHECK(cudaGetLastError());
+  }
+
+  template <class Y>
+  void scale_matrices(const float* x, std::int64_t batch, std::int64_t matrix_size, const float* factor, Y* y) {
+    kernels::scale_matrices_kernel<float, Y>
+        <<<dim3(kernels::grid_for(matrix_size), grid_y(batch)), kernels::kThreads, 0, context_->stream>>>(
+            x, matrix_size, factor, y);
+    MUON_CUDA_CHECK(cudaGetLastError());
+  }
+
+  // Pointer-array entries symmetric_product needs (A, B and C arrays) for `tiles` per side.
+  static std::int64_t tile_pointer_count(std::int64_t batch, int tiles) {
+    return tiles == 1 ? 0 : 3 * batch * tiles * (tiles + 1) / 2;
+  }
+
+  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols) per matrix of a bf16 stack of
+  // rows×cols matrices, C (fp32 or bf16) symmetric n×n, fp32 accumulation. Row-major X is
+  // column-major Xᵀ (ld = cols), so X·Xᵀ is op T·N on it and Xᵀ·X is op N·T. With tiles > 1 only
+  // the tile pairs (P ≤ Q) of the column-major result are multiplied, the row-major lower
+  // triangle, then mirrored (`pointers`: tile_pointer_count entries); with β ≠ 0 that needs C
+  // symmetric, as the concept says. With one tile, a full GEMM: symmetric already.
+  template <class C>
+  void symmetric_product(const __nv_bfloat16* x, std::int64_t batch, std::int64_t rows, std::int64_t cols, GramSide side,
+                         float alpha, float beta, C* c, int tiles, void** pointers) {
+    const bool by_rows = side == GramSide::rows;
+    const std::int64_t n = by_rows ? rows : cols, inner = by_rows ? cols : rows;
+    const cublasOperation_t opa = by_rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = by_rows ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const cudaDataType_t c_type = std::is_same_v<C, float> ? CUDA_R_32F : CUDA_R_16BF;
+    if (tiles == 1) {
+      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+          context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
+          &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols,
+          &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    const std::int64_t t = n / tiles, pairs = std::int64_t{tiles} * (tiles + 1) / 2, entries = batch * pairs;
+    const auto a_ptrs = const_cast<const void**>(pointers);
+    const auto b_ptrs = const_cast<const void**>(pointers + entries);
+    void** c_ptrs = pointers + 2 * entries;
+    // Consecutive tiles of the operand: t columns of the column-major Xᵀ apart (t rows of X) for
+    // X·Xᵀ, t rows of it (t columns of X) for Xᵀ·X.
+    const std::int64_t tile_step = by_rows ? t * cols : t;
+    kernels::tile_pair_pointers_kernel<__nv_bfloat16, C>
+        <<<static_cast<unsigned>((entries + kernels::kThreads - 1) / kernels::kThreads), kernels::kThreads, 0,
+           context_->stream>>>(x, rows * cols, tile_step, c, n * n, n, t, static_cast<int>(pairs), entries, a_ptrs,
+                               b_ptrs, c_ptrs);
+    MUON_CUDA_CHECK(cudaGetLastError());
+    MUON_CUDA_CHECK(cublasGemmBatchedEx(context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"),
+                                        blas_int(inner, "inner size"), &alpha, a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"),
+                                        b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
+                                        blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT));
+    mirror_lower(c, n, batch);
+  }
+
+  template <class T>
+  void mirror_lower(T* c, std::int64_t n, std::int64_t batch) {
+    const auto tiles = static_cast<unsigned>((n + kernels::kMirrorTile - 1) / kernels::kMirrorTile);
+    kernels::mirror_lower_kernel<T>
+        <<<dim3(tiles, tiles, grid_y(batch)), dim3(kernels::kMirrorTile, 8), 0, context_->stream>>>(c, n);
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -463,6 +565,6 @@ class CudaBackend {
   std::shared_ptr<cuda_detail::Context> context_;
 };
 
-static_assert(Backend<CudaBackend>);
+static_assert(Backend<CudaBackend> && RunsNewtonSchulz<CudaBackend>);
 
 }  // namespace muon
