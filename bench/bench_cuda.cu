@@ -85,7 +85,8 @@ void BM_cuda_gemm_bf16(benchmark::State& state) {
     MUON_CUDA_CHECK(cublasGemmEx(gpu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
                                  CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   });
-  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * n * n * double(n) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["TFLOP/s"] =
+      benchmark::Counter(2.0 * n * n * double(n) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
@@ -117,16 +118,23 @@ void BM_cuda_copy(benchmark::State& state) {
     MUON_CUDA_CHECK(cudaMemcpyAsync(to.span().data(), from.span().data(), std::size_t(elements) * sizeof(float),
                                     cudaMemcpyDeviceToDevice, gpu.stream()));
   });
-  state.counters["GB/s"] = benchmark::Counter(8.0 * double(elements) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(8.0 * double(elements) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Moonlight-16B-A3B matrices (ALGORITHMS.md §2.3) and the 64-expert stacks of one MoE layer.
 void moonlight_shapes(benchmark::internal::Benchmark* b) {
   for (const int bf16 : {1, 0})
-    for (const auto& [batch, rows, cols] :
-         std::vector<std::tuple<int, int, int>>{{1, 2048, 2048}, {1, 3072, 2048}, {1, 1408, 2048}, {1, 2048, 1408},
-                                                {1, 576, 2048}, {1, 4096, 512}, {1, 11264, 2048}, {1, 4096, 4096},
-                                                {64, 1408, 2048}, {64, 2048, 1408}})
+    for (const auto& [batch, rows, cols] : std::vector<std::tuple<int, int, int>>{{1, 2048, 2048},
+                                                                                  {1, 3072, 2048},
+                                                                                  {1, 1408, 2048},
+                                                                                  {1, 2048, 1408},
+                                                                                  {1, 576, 2048},
+                                                                                  {1, 4096, 512},
+                                                                                  {1, 11264, 2048},
+                                                                                  {1, 4096, 4096},
+                                                                                  {64, 1408, 2048},
+                                                                                  {64, 2048, 1408}})
       b->Args({batch, rows, cols, bf16});
   b->ArgNames({"batch", "rows", "cols", "bf16"});
 }
@@ -134,7 +142,11 @@ void moonlight_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_cuda_orthogonalize)->Apply(moonlight_shapes)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_cuda_gemm_bf16)->Arg(2048)->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // 64 tensors of 4 Mi elements (1 GiB of fp32 state in all), and one embedding-sized tensor.
-BENCHMARK(BM_cuda_adamw)->Args({64, 1 << 22})->Args({1, 163840 * 2048 / 8})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_adamw)
+    ->Args({64, 1 << 22})
+    ->Args({1, 163840 * 2048 / 8})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_copy)->Arg(1 << 28)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace

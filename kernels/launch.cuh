@@ -25,9 +25,7 @@ inline constexpr int kThreads = 256;
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-__device__ __forceinline__ std::int64_t global_thread() {
-  return std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-}
+__device__ __forceinline__ std::int64_t global_thread() { return std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ std::int64_t grid_stride() { return std::int64_t{gridDim.x} * blockDim.x; }
 
 // Sum over a block of kBlock threads; the result is valid in thread 0. Call once per kernel

@@ -19,7 +19,7 @@ inline constexpr int kMirrorTile = 32;
 // lower tile and the write of its transpose are coalesced.
 template <class T>
 __global__ void mirror_lower_kernel(T* c, std::int64_t n) {
-  __shared__ T tile[kMirrorTile][kMirrorTile + 1];  // +1: no shared-memory bank conflicts
+  __shared__ T tile[kMirrorTile][kMirrorTile + 1];      // +1: no shared-memory bank conflicts
   const std::int64_t bi = blockIdx.y, bj = blockIdx.x;  // the target tile, in the upper triangle
   if (bj < bi) return;
   T* ck = c + std::int64_t{blockIdx.z} * n * n;

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <limits>
 #include <muon/backends/cuda.hpp>
+#include <muon/backends/cuda_gradients.hpp>
 #include <muon/muon.hpp>
 #include <string_view>
 #include <vector>
@@ -45,7 +46,8 @@ std::vector<float> rounded_to_bf16(std::vector<float> v) {
 
 // A device copy of host values.
 struct Device {
-  Device(CudaBackend& gpu, const std::vector<float>& host) : buffer(gpu.allocate(static_cast<std::int64_t>(host.size()))) {
+  Device(CudaBackend& gpu, const std::vector<float>& host)
+      : buffer(gpu.allocate(static_cast<std::int64_t>(host.size()))) {
     gpu.from_host(host, buffer.span());
   }
   float* data() { return buffer.span().data(); }
@@ -83,12 +85,12 @@ constexpr double kElementwiseTolerance = 1e-6;
 
 }  // namespace
 
-TEST_SUITE("gpu") {
-
+TEST_SUITE_BEGIN("gpu");
 TEST_CASE("every CUDA operation in fp32 conforms to the Eigen backend") {
   CudaBackend gpu(CudaOptions{.ns_precision = NsPrecision::fp32});
   const std::int64_t batch = 3, m = 37, k = 53, n = 29;
-  const auto a = random_values(batch * m * k, 1), b = random_values(batch * k * n, 2), c0 = random_values(batch * m * n, 3);
+  const auto a = random_values(batch * m * k, 1), b = random_values(batch * k * n, 2),
+             c0 = random_values(batch * m * n, 3);
   Device da(gpu, a), db(gpu, b);
 
   for (const auto ta : {Transpose::no, Transpose::yes})
@@ -187,8 +189,10 @@ TEST_CASE("bf16 products equal fp32 products of bf16-rounded operands on every p
     CAPTURE(tile_min);
     CudaBackend gpu(CudaOptions{.ns_precision = NsPrecision::bf16, .symmetric_tile_min = tile_min});
     // Gram sizes 256 (4 tiles of 64), 128 (2 tiles of 64) and 200 (no tiling), on both sides.
-    for (const auto& [rows, cols, side] : {std::tuple{256, 96, muon::GramSide::rows}, {80, 128, muon::GramSide::cols},
-                                          {200, 72, muon::GramSide::rows}, {40, 200, muon::GramSide::cols}})
+    for (const auto& [rows, cols, side] : {std::tuple{256, 96, muon::GramSide::rows},
+                                           {80, 128, muon::GramSide::cols},
+                                           {200, 72, muon::GramSide::rows},
+                                           {40, 200, muon::GramSide::cols}})
       for (const float beta : {0.0f, 1.0f}) {
         CAPTURE(rows);
         CAPTURE(cols);
@@ -222,7 +226,8 @@ TEST_CASE("bf16 products equal fp32 products of bf16-rounded operands on every p
         const auto [ar, ac] = dims(ta, m, k);
         const auto [br, bc] = dims(tb, k, n);
         std::vector<float> expected(static_cast<std::size_t>(batch * m * n));
-        ref::gemm(1.0f, {a16.data(), batch, ar, ac}, ta, {b16.data(), batch, br, bc}, tb, 0.0f, {expected.data(), batch, m, n});
+        ref::gemm(1.0f, {a16.data(), batch, ar, ac}, ta, {b16.data(), batch, br, bc}, tb, 0.0f,
+                  {expected.data(), batch, m, n});
         Device da(gpu, a), db(gpu, b), dc(gpu, std::vector<float>(expected.size(), kNaN));
         gpu.gemm(1.0f, {da.data(), batch, ar, ac}, ta, {db.data(), batch, br, bc}, tb, 0.0f, {dc.data(), batch, m, n});
         CHECK(relative_error(download(gpu, dc.span()), expected) < kTolerance);
@@ -351,8 +356,14 @@ struct HostModel {
 
 struct DeviceModel {
   DeviceModel(CudaBackend& gpu, const HostModel& h)
-      : w(gpu, h.w), experts(gpu, h.experts), emb(gpu, h.emb), norm(gpu, h.norm), dw(gpu, h.dw),
-        dexperts(gpu, h.dexperts), demb(gpu, h.demb), dnorm(gpu, h.dnorm) {}
+      : w(gpu, h.w),
+        experts(gpu, h.experts),
+        emb(gpu, h.emb),
+        norm(gpu, h.norm),
+        dw(gpu, h.dw),
+        dexperts(gpu, h.dexperts),
+        demb(gpu, h.demb),
+        dnorm(gpu, h.dnorm) {}
   std::vector<muon::Parameter> table() {
     return {{"w", muon::Role::matrix, {w.data(), {24, 40}}, {dw.data(), {24, 40}}},
             {"experts", muon::Role::matrix, {experts.data(), {3, 16, 24}}, {dexperts.data(), {3, 16, 24}}},
@@ -384,12 +395,43 @@ TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
       return out;
     };
     const bool fp32 = precision == NsPrecision::fp32;
-    CHECK(relative_error(delta(download(gpu, d.w.span()), before.w), delta(cpu_model.w, before.w)) < (fp32 ? 1e-4 : 5e-2));
-    CHECK(relative_error(delta(download(gpu, d.experts.span()), before.experts), delta(cpu_model.experts, before.experts)) <
+    CHECK(relative_error(delta(download(gpu, d.w.span()), before.w), delta(cpu_model.w, before.w)) <
           (fp32 ? 1e-4 : 5e-2));
+    CHECK(relative_error(delta(download(gpu, d.experts.span()), before.experts),
+                         delta(cpu_model.experts, before.experts)) < (fp32 ? 1e-4 : 5e-2));
     CHECK(relative_error(delta(download(gpu, d.emb.span()), before.emb), delta(cpu_model.emb, before.emb)) < 1e-4);
     CHECK(relative_error(delta(download(gpu, d.norm.span()), before.norm), delta(cpu_model.norm, before.norm)) < 1e-4);
   }
+}
+
+TEST_CASE("the one-synchronisation gradient check equals Optimizer::check_gradients") {
+  CudaBackend gpu;
+  // 70 gradients of mixed sizes: two launches of the multi-tensor kernels.
+  std::vector<Device> values, grads;
+  std::vector<muon::Parameter> table;
+  for (int i = 0; i < 70; ++i) {
+    const std::int64_t rows = 1 + (i * 37) % 300, cols = i == 5 ? 40000 : 1 + (i * 11) % 90;
+    values.emplace_back(gpu, std::vector<float>(static_cast<std::size_t>(rows * cols), 0.5f));
+    grads.emplace_back(gpu, random_values(static_cast<std::size_t>(rows * cols), 500 + i));
+  }
+  for (int i = 0; i < 70; ++i) {
+    const std::int64_t rows = 1 + (i * 37) % 300, cols = i == 5 ? 40000 : 1 + (i * 11) % 90;
+    table.push_back(
+        {"p" + std::to_string(i), muon::Role::norm, {values[i].data(), {rows, cols}}, {grads[i].data(), {rows, cols}}});
+  }
+  muon::Optimizer<CudaBackend> opt(table, {}, gpu);
+  const muon::GradientCheck per_parameter = opt.check_gradients();
+  const muon::GradientCheck at_once = muon::check_gradients_on_device(gpu, opt.parameters());
+  CHECK_FALSE(at_once.non_finite.has_value());
+  // Both sum in double, in other orders.
+  CHECK(at_once.sum_squares == doctest::Approx(per_parameter.sum_squares).epsilon(1e-12));
+  // A NaN in p66 and an Inf in p40: both name the first in table order.
+  gpu.from_host(std::vector<float>{kNaN}, grads[66].span().first(1));
+  gpu.from_host(std::vector<float>{std::numeric_limits<float>::infinity()}, grads[40].span().last(1));
+  const muon::GradientCheck bad = muon::check_gradients_on_device(gpu, opt.parameters());
+  REQUIRE(bad.non_finite.has_value());
+  CHECK(*bad.non_finite == "p40");
+  CHECK(*opt.check_gradients().non_finite == "p40");
 }
 
 TEST_CASE("a step captured in a CUDA graph and replayed equals the step run eagerly") {
@@ -422,7 +464,7 @@ TEST_CASE("a step captured in a CUDA graph and replayed equals the step run eage
   cudaGraphDestroy(graph);
 }
 
-}  // TEST_SUITE("gpu")
+TEST_SUITE_END();
 
 // Without a device the tests cannot run: exit 77, which CTest reports as skipped. Listing the
 // tests (doctest_discover_tests at build time) needs no device and makes no CUDA call.
@@ -437,7 +479,8 @@ int main(int argc, char** argv) {
     int devices = 0;
     const cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
-      std::printf("no CUDA device (%s): skipping the GPU tests\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+      std::printf("no CUDA device (%s): skipping the GPU tests\n",
+                  e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
       return 77;
     }
   }

@@ -7,7 +7,8 @@
 // `sum_squares` (a double for clipping and the NaN guard), `to_host` and `from_host`. So the
 // Muon rule (momentum → Newton–Schulz → decay and scaled update) and AdamW can be captured in a
 // CUDA graph; Optimizer::step() as a whole cannot, because its gradient check reads the norm on
-// the host (run that outside the graph, or pass a GradientCheck to step(check)).
+// the host: run the check outside the graph and capture step(check). The check itself costs one
+// synchronisation per parameter; muon/backends/cuda_gradients.hpp does it with one in all.
 //
 // Newton–Schulz precision (CudaOptions::ns_precision):
 //   bf16 (default, as KellerJordan/Muon, Moonlight and torch.optim.Muon): products take bf16
@@ -72,8 +73,8 @@ namespace cuda_detail {
 
 inline void check(cudaError_t e, const char* call, const char* file, int line) {
   if (e != cudaSuccess)
-    throw CudaError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
-                    cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+    throw CudaError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " + cudaGetErrorName(e) +
+                    " (" + cudaGetErrorString(e) + ")");
 }
 inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS)
@@ -85,7 +86,8 @@ inline void check(cublasStatus_t s, const char* call, const char* file, int line
 // cuBLAS takes int dimensions.
 inline int blas_int(std::int64_t v, const char* what) {
   if (v > std::numeric_limits<int>::max())
-    throw InvalidArgument(std::string("CudaBackend: ") + what + " = " + std::to_string(v) + " exceeds cuBLAS's int range");
+    throw InvalidArgument(std::string("CudaBackend: ") + what + " = " + std::to_string(v) +
+                          " exceeds cuBLAS's int range");
   return static_cast<int>(v);
 }
 
@@ -225,8 +227,8 @@ class CudaBackend {
   // C = α·op(A)·op(B) + β·C per matrix. Row-major C = op(A)·op(B) is column-major
   // Cᵀ = op(B)ᵀ·op(A)ᵀ, and a row-major matrix read column-major is its transpose: so cuBLAS gets
   // B first, each with its own transpose flag, and the leading dimensions are the row lengths.
-  void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb,
-            float beta, MatrixStack<float> c) {
+  void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb, float beta,
+            MatrixStack<float> c) {
     if (c.size() == 0) return;
     const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
     const bool bf16 = options_.ns_precision == NsPrecision::bf16;
@@ -247,9 +249,9 @@ class CudaBackend {
     }
     const cudaDataType_t operand = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
-        context_->blas, op(tb), op(ta), blas_int(c.cols, "columns"), blas_int(c.rows, "rows"), blas_int(k, "inner size"),
-        &alpha, pb, operand, blas_int(b.cols, "ldb"), b.matrix_size(), pa, operand, blas_int(a.cols, "lda"),
-        a.matrix_size(), &beta, c.data, CUDA_R_32F, blas_int(c.cols, "ldc"), c.matrix_size(),
+        context_->blas, op(tb), op(ta), blas_int(c.cols, "columns"), blas_int(c.rows, "rows"),
+        blas_int(k, "inner size"), &alpha, pb, operand, blas_int(b.cols, "ldb"), b.matrix_size(), pa, operand,
+        blas_int(a.cols, "lda"), a.matrix_size(), &beta, c.data, CUDA_R_32F, blas_int(c.cols, "ldc"), c.matrix_size(),
         blas_int(c.batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
@@ -264,9 +266,8 @@ class CudaBackend {
     if (options_.ns_precision == NsPrecision::fp32) {
       for (std::int64_t k = 0; k < x.batch; ++k)
         MUON_CUDA_CHECK(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    blas_int(n, "Gram size"),
-                                    blas_int(inner, "inner size"), &alpha, x.matrix(k), blas_int(x.cols, "ldx"), &beta,
-                                    c.matrix(k), blas_int(n, "ldc")));
+                                    blas_int(n, "Gram size"), blas_int(inner, "inner size"), &alpha, x.matrix(k),
+                                    blas_int(x.cols, "ldx"), &beta, c.matrix(k), blas_int(n, "ldc")));
       mirror_lower(c.data, n, c.batch);
       return;
     }
@@ -284,7 +285,8 @@ class CudaBackend {
   void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) {
     if (y.empty()) return;
     const auto n = static_cast<std::int64_t>(y.size());
-    kernels::axpby_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, alpha, x.data(), beta, y.data());
+    kernels::axpby_kernel<float>
+        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, alpha, x.data(), beta, y.data());
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -293,7 +295,8 @@ class CudaBackend {
   void apply_update(std::span<float> w, const __nv_bfloat16* u, float step, float decay) {
     if (w.empty()) return;
     const auto n = static_cast<std::int64_t>(w.size());
-    kernels::axpby_kernel<__nv_bfloat16><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, -step, u, decay, w.data());
+    kernels::axpby_kernel<__nv_bfloat16>
+        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, -step, u, decay, w.data());
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -369,8 +372,8 @@ class CudaBackend {
       MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
           context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
           blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
-          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF, blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"),
-          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF,
+          blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       std::swap(cur, nxt);
     }
     const std::int64_t total = x.size();
@@ -398,14 +401,13 @@ class CudaBackend {
   // (kernels/adamw.cuh). Beyond the concept.
   void adamw_many(std::span<const kernels::AdamWTensor> tensors, AdamWStep s) {
     const auto t = static_cast<double>(s.step);
-    const kernels::AdamWScalars scalars{
-        s.beta1,
-        s.beta2,
-        s.eps,
-        s.lr / static_cast<float>(1.0 - std::pow(double{s.beta1}, t)),
-        static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t))),
-        1.0f - s.lr * s.weight_decay,
-        s.grad_scale};
+    const kernels::AdamWScalars scalars{s.beta1,
+                                        s.beta2,
+                                        s.eps,
+                                        s.lr / static_cast<float>(1.0 - std::pow(double{s.beta1}, t)),
+                                        static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t))),
+                                        1.0f - s.lr * s.weight_decay,
+                                        s.grad_scale};
     MUON_CUDA_CHECK(kernels::launch_adamw(tensors, scalars, context_->stream));
   }
 
@@ -438,7 +440,8 @@ class CudaBackend {
   void flag_non_finite(std::span<const float> x, int* flag) {
     if (x.empty()) return;
     const auto n = static_cast<std::int64_t>(x.size());
-    kernels::flag_non_finite_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), flag);
+    kernels::flag_non_finite_kernel<float>
+        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), flag);
     MUON_CUDA_CHECK(cudaGetLastError());
   }
   void clear_flag(int* flag) { MUON_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), context_->stream)); }
@@ -451,12 +454,15 @@ class CudaBackend {
   }
   void from_host(std::span<const float> host, std::span<float> y) {
     if (host.empty()) return;
-    MUON_CUDA_CHECK(cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
+    MUON_CUDA_CHECK(
+        cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
     MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
   }
 
-  // Grows the scratch arena to at least `bytes` now (e.g. before a graph capture).
-  void reserve_scratch(std::size_t bytes) { (void)context_->scratch_of(bytes); }
+  // At least `bytes` of the backend's scratch arena (device memory, 256-byte aligned), valid until
+  // the next backend operation, which may reuse it: work on the backend's stream only. Growing
+  // it allocates, so call it before a graph capture with the largest size the capture needs.
+  [[nodiscard]] void* scratch(std::size_t bytes) { return context_->scratch_of(bytes); }
 
  private:
   static int blas_int(std::int64_t v, const char* what) { return cuda_detail::blas_int(v, what); }
@@ -495,8 +501,9 @@ class CudaBackend {
         <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
             x.data, x.matrix_size(), partial);
     MUON_CUDA_CHECK(cudaGetLastError());
-    kernels::finish_norms_kernel<kernels::kThreads><<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(
-        partial, parts, nullptr, inverse, eps, mode == NormEps::max);
+    kernels::finish_norms_kernel<kernels::kThreads>
+        <<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(partial, parts, nullptr, inverse,
+                                                                                     eps, mode == NormEps::max);
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -520,8 +527,8 @@ class CudaBackend {
   // triangle, then mirrored (`pointers`: tile_pointer_count entries); with β ≠ 0 that needs C
   // symmetric, as the concept says. With one tile, a full GEMM: symmetric already.
   template <class C>
-  void symmetric_product(const __nv_bfloat16* x, std::int64_t batch, std::int64_t rows, std::int64_t cols, GramSide side,
-                         float alpha, float beta, C* c, int tiles, void** pointers) {
+  void symmetric_product(const __nv_bfloat16* x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                         GramSide side, float alpha, float beta, C* c, int tiles, void** pointers) {
     const bool by_rows = side == GramSide::rows;
     const std::int64_t n = by_rows ? rows : cols, inner = by_rows ? cols : rows;
     const cublasOperation_t opa = by_rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = by_rows ? CUBLAS_OP_N : CUBLAS_OP_T;
@@ -529,8 +536,9 @@ class CudaBackend {
     if (tiles == 1) {
       MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
           context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
-          &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols,
-          &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"),
+          rows * cols, &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT));
       return;
     }
     const std::int64_t t = n / tiles, pairs = std::int64_t{tiles} * (tiles + 1) / 2, entries = batch * pairs;
@@ -545,11 +553,10 @@ class CudaBackend {
            context_->stream>>>(x, rows * cols, tile_step, c, n * n, n, t, static_cast<int>(pairs), entries, a_ptrs,
                                b_ptrs, c_ptrs);
     MUON_CUDA_CHECK(cudaGetLastError());
-    MUON_CUDA_CHECK(cublasGemmBatchedEx(context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"),
-                                        blas_int(inner, "inner size"), &alpha, a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"),
-                                        b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
-                                        blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F,
-                                        CUBLAS_GEMM_DEFAULT));
+    MUON_CUDA_CHECK(cublasGemmBatchedEx(
+        context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"), blas_int(inner, "inner size"), &alpha,
+        a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
+        blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     mirror_lower(c, n, batch);
   }
 
