@@ -326,14 +326,16 @@ TEST_CASE("Newton–Schulz on the GPU: batched equals looped and equals the Eige
       auto expected = x;
       ref::orthogonalize({expected.data(), batch, rows, cols}, options);
       const auto got = download(gpu, batched.span());
-      // Batched and looped cuBLAS calls may pick other kernels, so rounding differs; five
-      // iterations amplify an ulp by about 10 in fp32 (the Eigen-vs-toy test sees the same), and
-      // in bf16 one flipped bf16 rounding (2⁻⁹) early can spread to about 1% of the output.
-      const bool fp32 = precision == NsPrecision::fp32;
-      CHECK(relative_error(download(gpu, looped.span()), got) < (fp32 ? 1e-4 : 2e-2));
-      // Against fp32 Eigen: fp32 as above; bf16 iterations land singular values elsewhere in
-      // Keller's band (0.7–1.2), so elements move by up to about 5% of the largest.
-      CHECK(relative_error(got, expected) < (fp32 ? 1e-4 : 5e-2));
+      // Batched and looped cuBLAS calls may pick other kernels, so the accumulation order differs.
+      // Bounds: about twice what tests/reference/cuda_bf16_tolerances.py measures on a numpy
+      // emulation of the same arithmetic. fp32: 3.8e-6 between accumulation orders, and against
+      // Eigen. bf16 plain (fused) path: 0.028 between orders, 0.037 against fp32; bf16 Gram NS
+      // (32×96, the portable per-operation path): 0.084–0.095 against fp32.
+      const bool fp32 = precision == NsPrecision::fp32, gram_ns = muon::uses_gram_ns(options, rows, cols);
+      const double order_bound = fp32 ? 1e-4 : gram_ns ? 0.2 : 6e-2;
+      const double fp32_bound = fp32 ? 1e-4 : gram_ns ? 0.2 : 8e-2;
+      CHECK(relative_error(download(gpu, looped.span()), got) < order_bound);
+      CHECK(relative_error(got, expected) < fp32_bound);
     }
 }
 
@@ -387,8 +389,8 @@ TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
     muon::Optimizer<CudaBackend> opt(d.table(), options, gpu);
     for (int i = 0; i < 3; ++i) (void)opt.step();
     // Compare what the steps changed, relative to the largest change: fp32 as the Eigen-vs-toy
-    // test (1e-4); bf16 Newton–Schulz moves the Muon updates by up to about 5% (as above), while
-    // AdamW parameters do not see the NS precision.
+    // test (1e-4); bf16 Newton–Schulz moves each Muon update by up to 3.7% (24×40 and 16×24 in
+    // tests/reference/cuda_bf16_tolerances.py), so 8e-2; AdamW parameters do not see the NS precision.
     const auto delta = [](const std::vector<float>& after, const std::vector<float>& start) {
       std::vector<float> out(after.size());
       for (std::size_t i = 0; i < out.size(); ++i) out[i] = after[i] - start[i];
@@ -396,9 +398,9 @@ TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
     };
     const bool fp32 = precision == NsPrecision::fp32;
     CHECK(relative_error(delta(download(gpu, d.w.span()), before.w), delta(cpu_model.w, before.w)) <
-          (fp32 ? 1e-4 : 5e-2));
+          (fp32 ? 1e-4 : 8e-2));
     CHECK(relative_error(delta(download(gpu, d.experts.span()), before.experts),
-                         delta(cpu_model.experts, before.experts)) < (fp32 ? 1e-4 : 5e-2));
+                         delta(cpu_model.experts, before.experts)) < (fp32 ? 1e-4 : 8e-2));
     CHECK(relative_error(delta(download(gpu, d.emb.span()), before.emb), delta(cpu_model.emb, before.emb)) < 1e-4);
     CHECK(relative_error(delta(download(gpu, d.norm.span()), before.norm), delta(cpu_model.norm, before.norm)) < 1e-4);
   }
