@@ -67,6 +67,10 @@ struct CudaOptions {
   // tiles lose more GEMM efficiency than the 25–37% of flops they save. Untuned: measure on the GPU.
   std::int64_t symmetric_tile_min = 512;
   std::size_t cublas_workspace_bytes = std::size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+  // The most elements (matrices × rows × cols) one batched Newton–Schulz call takes; a larger
+  // stack runs in chunks. Bounds the scratch and the NsWorkspace (about 6 GiB at 2²⁸) while a
+  // layer's 64 experts [64, 1408, 2048] (185 M elements) still go in one call.
+  std::int64_t ns_batch_elements = std::int64_t{1} << 28;
 };
 
 namespace cuda_detail {
@@ -324,63 +328,19 @@ class CudaBackend {
   // portable path rounds fp32 buffers to bf16 before every product instead). Tall matrices
   // iterate on Xᵀ·X and multiply from the right, with no transposition. Returns false, doing
   // nothing, in fp32 precision and for the shapes `options` sends to Gram Newton–Schulz: the
-  // portable path runs those.
+  // portable path runs those. Stacks run in chunks of ns_batch_limit matrices.
   [[nodiscard]] bool newton_schulz(MatrixStack<float> x, const NsOptions& o) {
     if (options_.ns_precision != NsPrecision::bf16 || uses_gram_ns(o, x.rows, x.cols)) return false;
-    if (x.size() == 0) return true;
-    const bool wide = x.rows <= x.cols;
-    const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
-    const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
-    const int parts = kernels::norm_parts(xs);
-    cuda_detail::Carver measure;
-    (void)measure.take<double>(batch * parts);
-    (void)measure.take<float>(batch);
-    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(x.size());
-    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(batch * nn);
-    (void)measure.take<void*>(tile_pointer_count(batch, tiles));
-    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    double* partial = carve.take<double>(batch * parts);
-    float* inverse = carve.take<float>(batch);
-    __nv_bfloat16* cur = carve.take<__nv_bfloat16>(x.size());
-    __nv_bfloat16* nxt = carve.take<__nv_bfloat16>(x.size());
-    __nv_bfloat16* gram16 = carve.take<__nv_bfloat16>(batch * nn);
-    __nv_bfloat16* poly16 = carve.take<__nv_bfloat16>(batch * nn);
-    void** pointers = carve.take<void*>(tile_pointer_count(batch, tiles));
-
-    inverse_norms(x.as_const(), static_cast<float>(o.eps / o.schedule.norm_scale), o.eps_mode, partial, inverse);
-    scale_matrices(x.data, batch, xs, inverse, cur);
-    const GramSide side = wide ? GramSide::rows : GramSide::cols;
-    for (int k = 0; k < o.steps; ++k) {
-      const NsCoefficients t = internal::iteration_triple(o, k);
-      symmetric_product(cur, batch, x.rows, x.cols, side, 1.0f, 0.0f, gram16, tiles, pointers);
-      // B·X with B = b·A + c·A²; for a cubic step (c = 0) that is b·(A·X), with no B.
-      const __nv_bfloat16* poly = gram16;
-      auto alpha = static_cast<float>(t.b);
-      if (t.c != 0.0) {
-        copy(poly16, gram16, batch * nn);
-        symmetric_product(gram16, batch, n, n, GramSide::rows, static_cast<float>(t.c), static_cast<float>(t.b), poly16,
-                          tiles, pointers);
-        poly = poly16;
-        alpha = 1.0f;
-      }
-      copy(nxt, cur, x.size());
-      const auto a = static_cast<float>(t.a);
-      // Column-major, X is Y = Xᵀ (cols×rows, ld cols). Wide: (B·X)ᵀ = Y·B (B symmetric);
-      // tall: (X·B)ᵀ = B·Y. Either way the n×n factor has ld n and the result ld cols.
-      const __nv_bfloat16* left = wide ? cur : poly;
-      const __nv_bfloat16* right = wide ? poly : cur;
-      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
-          context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
-          blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
-          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF,
-          blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      std::swap(cur, nxt);
-    }
-    const std::int64_t total = x.size();
-    kernels::convert_kernel<__nv_bfloat16, float>
-        <<<kernels::grid_for(total), kernels::kThreads, 0, context_->stream>>>(total, cur, x.data);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    const std::int64_t chunk = ns_batch_limit(x.rows, x.cols);
+    for (std::int64_t k = 0; k < x.batch; k += chunk)
+      newton_schulz_chunk(MatrixStack<float>{x.matrix(k), std::min(chunk, x.batch - k), x.rows, x.cols}, o);
     return true;
+  }
+
+  // Optional capability (muon/orthogonalize.hpp, LimitsNsBatch): the matrices per batched call,
+  // at most 65535 (the per-matrix kernels put the matrix index in gridDim.y or z).
+  [[nodiscard]] std::int64_t ns_batch_limit(std::int64_t rows, std::int64_t cols) const {
+    return std::clamp<std::int64_t>(options_.ns_batch_elements / std::max<std::int64_t>(1, rows * cols), 1, 65535);
   }
 
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
@@ -465,6 +425,63 @@ class CudaBackend {
   [[nodiscard]] void* scratch(std::size_t bytes) { return context_->scratch_of(bytes); }
 
  private:
+  // newton_schulz on at most ns_batch_limit matrices.
+  void newton_schulz_chunk(MatrixStack<float> x, const NsOptions& o) {
+    if (x.size() == 0) return;
+    const bool wide = x.rows <= x.cols;
+    const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
+    const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
+    const int parts = kernels::norm_parts(xs);
+    cuda_detail::Carver measure;
+    (void)measure.take<double>(batch * parts);
+    (void)measure.take<float>(batch);
+    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(x.size());
+    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(batch * nn);
+    (void)measure.take<void*>(tile_pointer_count(batch, tiles));
+    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    double* partial = carve.take<double>(batch * parts);
+    float* inverse = carve.take<float>(batch);
+    __nv_bfloat16* cur = carve.take<__nv_bfloat16>(x.size());
+    __nv_bfloat16* nxt = carve.take<__nv_bfloat16>(x.size());
+    __nv_bfloat16* gram16 = carve.take<__nv_bfloat16>(batch * nn);
+    __nv_bfloat16* poly16 = carve.take<__nv_bfloat16>(batch * nn);
+    void** pointers = carve.take<void*>(tile_pointer_count(batch, tiles));
+
+    inverse_norms(x.as_const(), static_cast<float>(o.eps / o.schedule.norm_scale), o.eps_mode, partial, inverse);
+    scale_matrices(x.data, batch, xs, inverse, cur);
+    const GramSide side = wide ? GramSide::rows : GramSide::cols;
+    for (int k = 0; k < o.steps; ++k) {
+      const NsCoefficients t = internal::iteration_triple(o, k);
+      symmetric_product(cur, batch, x.rows, x.cols, side, 1.0f, 0.0f, gram16, tiles, pointers);
+      // B·X with B = b·A + c·A²; for a cubic step (c = 0) that is b·(A·X), with no B.
+      const __nv_bfloat16* poly = gram16;
+      auto alpha = static_cast<float>(t.b);
+      if (t.c != 0.0) {
+        copy(poly16, gram16, batch * nn);
+        symmetric_product(gram16, batch, n, n, GramSide::rows, static_cast<float>(t.c), static_cast<float>(t.b), poly16,
+                          tiles, pointers);
+        poly = poly16;
+        alpha = 1.0f;
+      }
+      copy(nxt, cur, x.size());
+      const auto a = static_cast<float>(t.a);
+      // Column-major, X is Y = Xᵀ (cols×rows, ld cols). Wide: (B·X)ᵀ = Y·B (B symmetric);
+      // tall: (X·B)ᵀ = B·Y. Either way the n×n factor has ld n and the result ld cols.
+      const __nv_bfloat16* left = wide ? cur : poly;
+      const __nv_bfloat16* right = wide ? poly : cur;
+      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+          context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
+          blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
+          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF,
+          blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      std::swap(cur, nxt);
+    }
+    const std::int64_t total = x.size();
+    kernels::convert_kernel<__nv_bfloat16, float>
+        <<<kernels::grid_for(total), kernels::kThreads, 0, context_->stream>>>(total, cur, x.data);
+    MUON_CUDA_CHECK(cudaGetLastError());
+  }
+
   static int blas_int(std::int64_t v, const char* what) { return cuda_detail::blas_int(v, what); }
   static cublasOperation_t op(Transpose t) { return t == Transpose::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
   static unsigned grid_y(std::int64_t batch) {
@@ -572,6 +589,6 @@ class CudaBackend {
   std::shared_ptr<cuda_detail::Context> context_;
 };
 
-static_assert(Backend<CudaBackend> && RunsNewtonSchulz<CudaBackend>);
+static_assert(Backend<CudaBackend> && RunsNewtonSchulz<CudaBackend> && LimitsNsBatch<CudaBackend>);
 
 }  // namespace muon
