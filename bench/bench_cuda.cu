@@ -7,6 +7,10 @@
 //   BM_cuda_adamw          multi-tensor AdamW; counter GB/s from 28 bytes per element
 //                          (read w, g, m, v; write w, m, v)
 //   BM_cuda_copy           device-to-device copy; counter GB/s from read + write bytes
+//   BM_cuda_step           a whole Optimizer<CudaBackend>::step over one Moonlight MoE layer's
+//                          parameters (wall time, host synchronisation included), with the
+//                          gradient check of Optimizer (one sync per parameter, one_sync:0) or
+//                          check_gradients_on_device (one sync in all, one_sync:1)
 //
 // bench/compare_ns_cuda.py runs this binary and torch.optim.Muon's NS on the same GPU and prints
 // the tables of docs/performance.md. Needs a GPU; never run in CI.
@@ -14,6 +18,7 @@
 
 #include <cstdio>
 #include <muon/backends/cuda.hpp>
+#include <muon/backends/cuda_gradients.hpp>
 #include <muon/muon.hpp>
 #include <vector>
 
@@ -122,6 +127,49 @@ void BM_cuda_copy(benchmark::State& state) {
       benchmark::Counter(8.0 * double(elements) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_cuda_step(benchmark::State& state) {
+  const bool one_sync = state.range(0) == 1;
+  // One MoE layer of Moonlight-16B-A3B (hidden 2048, 64 routed experts of 1408, 2 shared), with
+  // its norms and the router (Muon, as Moonlight routes it).
+  struct Spec {
+    const char* name;
+    muon::Role role;
+    muon::Shape shape;
+  };
+  const std::vector<Spec> layer{{"q_proj", muon::Role::matrix, {3072, 2048}},
+                                {"kv_a_proj_with_mqa", muon::Role::matrix, {576, 2048}},
+                                {"kv_a_layernorm", muon::Role::norm, {512}},
+                                {"kv_b_proj", muon::Role::matrix, {4096, 512}},
+                                {"o_proj", muon::Role::matrix, {2048, 2048}},
+                                {"input_layernorm", muon::Role::norm, {2048}},
+                                {"post_attention_layernorm", muon::Role::norm, {2048}},
+                                {"mlp.gate", muon::Role::matrix, {64, 2048}},
+                                {"experts.gate_proj", muon::Role::matrix, {64, 1408, 2048}},
+                                {"experts.up_proj", muon::Role::matrix, {64, 1408, 2048}},
+                                {"experts.down_proj", muon::Role::matrix, {64, 2048, 1408}},
+                                {"shared_experts.gate_proj", muon::Role::matrix, {2816, 2048}},
+                                {"shared_experts.up_proj", muon::Role::matrix, {2816, 2048}},
+                                {"shared_experts.down_proj", muon::Role::matrix, {2048, 2816}}};
+  muon::CudaBackend gpu;
+  std::vector<muon::CudaBackend::Buffer> memory;
+  std::vector<muon::Parameter> table;
+  for (std::size_t i = 0; i < layer.size(); ++i) {
+    memory.push_back(gpu.allocate(muon::numel(layer[i].shape)));
+    memory.push_back(gpu.allocate(muon::numel(layer[i].shape)));
+    fill_random(gpu, memory.back().span(), static_cast<unsigned>(i + 1));
+  }
+  for (std::size_t i = 0; i < layer.size(); ++i)
+    table.push_back({layer[i].name, layer[i].role, {memory[2 * i].span().data(), layer[i].shape},
+                     {memory[2 * i + 1].span().data(), layer[i].shape}});
+  muon::Optimizer<muon::CudaBackend> opt(table, muon::Options{.lr = 4.2e-4}, gpu);
+  const auto step = [&] {
+    (void)opt.step(one_sync ? muon::check_gradients_on_device(gpu, opt.parameters()) : opt.check_gradients());
+    MUON_CUDA_CHECK(cudaStreamSynchronize(gpu.stream()));
+  };
+  step();  // warm-up
+  for (auto _ : state) step();
+}
+
 // Moonlight-16B-A3B matrices (ALGORITHMS.md §2.3) and the 64-expert stacks of one MoE layer.
 void moonlight_shapes(benchmark::internal::Benchmark* b) {
   for (const int bf16 : {1, 0})
@@ -148,6 +196,7 @@ BENCHMARK(BM_cuda_adamw)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_copy)->Arg(1 << 28)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_step)->ArgName("one_sync")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -10,7 +10,8 @@ torch's bf16 GEMM rate and device-to-device copy bandwidth as a cross-check of o
 
 Prints the tables for docs/performance.md:
   NS: shape, ours bf16 (ms), torch bf16 (ms), speed-up, ours TFLOP/s, % of our measured GEMM rate;
-  AdamW: GB/s against the measured copy bandwidth.
+  AdamW: GB/s against the measured copy bandwidth;
+  a whole optimizer step over one Moonlight MoE layer, with either gradient check.
 
     python3 bench/compare_ns_cuda.py [--bench build/release/bench/bench_cuda] [--repetitions 5]
 
@@ -34,7 +35,7 @@ def ours(bench, repetitions):
     out = subprocess.run(
         [bench, "--benchmark_format=json", f"--benchmark_repetitions={repetitions}"],
         check=True, capture_output=True, text=True).stdout
-    ns, gemm, adamw, copy = {}, {}, {}, {}
+    ns, gemm, adamw, copy, step = {}, {}, {}, {}, {}
     for b in json.loads(out)["benchmarks"]:
         if b.get("run_type") != "iteration":
             continue
@@ -51,7 +52,10 @@ def ours(bench, repetitions):
             adamw[key] = max(adamw.get(key, 0.0), b["GB/s"])
         elif name[0] == "BM_cuda_copy":
             copy[int(name[1])] = max(copy.get(int(name[1]), 0.0), b["GB/s"])
-    return ns, gemm, adamw, copy
+        elif name[0] == "BM_cuda_step":
+            key = int(args["one_sync"])
+            step[key] = min(step.get(key, float("inf")), seconds)
+    return ns, gemm, adamw, copy, step
 
 
 def cuda_time(fn, repetitions):
@@ -91,7 +95,7 @@ def main():
     p.add_argument("--bench", default="build/release/bench/bench_cuda")
     p.add_argument("--repetitions", type=int, default=5)
     a = p.parse_args()
-    mine, gemm, adamw, copy = ours(a.bench, a.repetitions)
+    mine, gemm, adamw, copy, step = ours(a.bench, a.repetitions)
     gpu = torch.cuda.get_device_name()
     print(f"# {gpu}, torch {torch.__version__} (CUDA {torch.version.cuda}), {time.strftime('%Y-%m-%d')}")
     print(f"# bf16 GEMM rate, ours (cuBLAS): " + ", ".join(f"{n}: {t:.0f} TFLOP/s" for n, t in sorted(gemm.items())) +
@@ -116,6 +120,11 @@ def main():
     print("|---|---|---|")
     for (tensors, elements), gbs in sorted(adamw.items()):
         print(f"| {tensors} × {elements} | {gbs:.0f} | {100 * gbs / bandwidth:.0f}% |")
+    print("\n| optimizer step, one Moonlight MoE layer | ms |")
+    print("|---|---|")
+    for one_sync, seconds in sorted(step.items()):
+        check = "check_gradients_on_device (one sync)" if one_sync else "Optimizer::check_gradients (one sync per parameter)"
+        print(f"| {check} | {seconds * 1e3:.1f} |")
 
 
 if __name__ == "__main__":
