@@ -109,29 +109,38 @@ struct Context {
   // own_stream: make a non-blocking stream; else use `s` (null: the legacy default stream).
   // A null `h` makes a handle of its own.
   Context(bool own_stream, cudaStream_t s, cublasHandle_t h, std::size_t workspace_bytes) : stream(s), blas(h) {
-    if (own_stream) {
-      MUON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      owns_stream = true;
+    try {
+      if (own_stream) {
+        MUON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        owns_stream = true;
+      }
+      if (blas == nullptr) {
+        MUON_CUDA_CHECK(cublasCreate(&blas));
+        owns_blas = true;
+      }
+      // A workspace the handle keeps for good: cuBLAS then allocates nothing during graph capture.
+      // cublasSetStream resets the workspace, hence this order.
+      MUON_CUDA_CHECK(cublasSetStream(blas, stream));
+      MUON_CUDA_CHECK(cudaMalloc(&blas_workspace, workspace_bytes));
+      MUON_CUDA_CHECK(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+    } catch (...) {
+      release();
+      throw;
     }
-    if (blas == nullptr) {
-      MUON_CUDA_CHECK(cublasCreate(&blas));
-      owns_blas = true;
-    }
-    // A workspace the handle keeps for good: cuBLAS then allocates nothing during graph capture.
-    // cublasSetStream resets the workspace, hence this order.
-    MUON_CUDA_CHECK(cublasSetStream(blas, stream));
-    MUON_CUDA_CHECK(cudaMalloc(&blas_workspace, workspace_bytes));
-    MUON_CUDA_CHECK(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
   }
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
-  ~Context() {
-    // Errors are not reported from a destructor; the calls below only release resources.
-    cudaStreamSynchronize(stream);
+  ~Context() { release(); }
+
+  // Errors are not reported here (it runs in a destructor); the calls only release resources.
+  void release() noexcept {
+    if (owns_stream || blas_workspace != nullptr || scratch != nullptr) cudaStreamSynchronize(stream);
     if (scratch != nullptr) cudaFree(scratch);
     if (owns_blas) cublasDestroy(blas);
-    cudaFree(blas_workspace);
+    if (blas_workspace != nullptr) cudaFree(blas_workspace);
     if (owns_stream) cudaStreamDestroy(stream);
+    scratch = blas_workspace = nullptr;
+    owns_blas = owns_stream = false;
   }
 
   // At least `bytes` of scratch. Growing it allocates, which a graph capture must not do: run
