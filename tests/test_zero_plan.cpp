@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <muon/backends/eigen.hpp>
 #include <muon/dist/plan.hpp>
 #include <muon/dist/self.hpp>
 #include <muon/dist/zero1.hpp>

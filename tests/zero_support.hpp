@@ -6,13 +6,13 @@
 // same float the reference computes.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
-#include <muon/backends/eigen.hpp>
-#include <muon/muon.hpp>
+#include <muon/parameter.hpp>
+#include <random>
 #include <string>
 #include <vector>
-
-#include "support.hpp"
 
 namespace muon::test {
 
@@ -40,7 +40,7 @@ struct ZeroModel {
     for (const auto& [name, spec] : specs) {
       const auto& [role, shape] = spec;
       auto value = role == Role::norm ? std::vector<float>(static_cast<std::size_t>(numel(shape)), 1.0f)
-                                      : random_normal(static_cast<std::size_t>(numel(shape)), seed, 0.1f);
+                                      : normal_values(static_cast<std::size_t>(numel(shape)), seed);
       tensors.push_back({name, role, shape, value, std::vector<float>(value.size(), 0.0f)});
       ++seed;
     }
@@ -78,6 +78,14 @@ struct ZeroModel {
       }
   }
 
+  static std::vector<float> normal_values(std::size_t n, std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> normal(0.0f, 0.1f);
+    std::vector<float> out(n);
+    for (float& v : out) v = normal(gen);
+    return out;
+  }
+
   static float dyadic(std::int64_t step, int rank, std::uint64_t element) {
     std::uint64_t h = (static_cast<std::uint64_t>(step) * 1000003u + static_cast<std::uint64_t>(rank)) * 2654435761u +
                       element * 40503u;
@@ -87,5 +95,12 @@ struct ZeroModel {
     return static_cast<float>(static_cast<int>(h % 513) - 256) / 256.0f;
   }
 };
+
+inline double max_abs_diff(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  double d = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    for (std::size_t j = 0; j < a[i].size(); ++j) d = std::max(d, std::abs(double{a[i][j]} - double{b[i][j]}));
+  return d;
+}
 
 }  // namespace muon::test

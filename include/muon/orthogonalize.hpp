@@ -71,6 +71,14 @@ concept LimitsNsBatch = requires(const B& b, std::int64_t n) {
   { b.ns_batch_limit(n, n) } -> std::convertible_to<std::int64_t>;
 };
 
+// Optional backend capability: a backend that runs a whole Newton–Schulz itself (CudaBackend's
+// bf16 path keeps X, A and B in bf16 and folds the epilogues into its GEMMs) returns true from
+// newton_schulz(x, options); false leaves the stack to the portable path.
+template <class B>
+concept RunsNewtonSchulz = requires(B& b, MatrixStack<float> x, const NsOptions& o) {
+  { b.newton_schulz(x, o) } -> std::same_as<bool>;
+};
+
 template <Backend B>
 [[nodiscard]] std::int64_t ns_chunk(const B& backend, MatrixStack<const float> x) {
   if constexpr (LimitsNsBatch<B>)
@@ -236,6 +244,9 @@ void orthogonalize(B& backend, MatrixStack<float> x, const NsOptions& options, N
   validate(options);
   if (ws.rows != x.rows || ws.cols != x.cols || ws.chunk != ns_chunk(backend, x.as_const()))
     throw InvalidArgument("orthogonalize: the workspace was made for another stack shape");
+  if constexpr (RunsNewtonSchulz<B>) {
+    if (backend.newton_schulz(x, options)) return;
+  }
   for (std::int64_t k = 0; k < x.batch; k += ws.chunk)
     internal::orthogonalize_chunk(backend, MatrixStack<float>{x.matrix(k), std::min(ws.chunk, x.batch - k), x.rows, x.cols},
                                   options, ws);

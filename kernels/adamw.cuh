@@ -1,0 +1,84 @@
+// kernels/adamw.cuh: AdamW over many tensors in one launch.
+//
+// Every block owns one chunk of kAdamWChunk elements of one tensor; the tensors' pointers and
+// the block where each begins travel in the kernel's parameters (about 2.4 KiB, under the 4 KiB
+// every architecture takes), so a launch needs no device-side table and is capturable as is.
+// Longer lists are split into launches of kAdamWMaxTensors. The arithmetic is the Eigen
+// backend's, in its order: W ← W·(1 − lr·wd) − (lr/bc1)·m/(√v/√bc2 + ε).
+#pragma once
+
+#include <algorithm>
+#include <span>
+
+#include "kernels/launch.cuh"
+
+namespace muon::kernels {
+
+struct AdamWTensor {
+  float* w;
+  const float* g;
+  float* m;
+  float* v;
+  std::int64_t n;
+};
+
+// The step's scalars, computed on the host (bias corrections in double, as the Eigen backend).
+struct AdamWScalars {
+  float beta1, beta2, eps;
+  float step_size;  // lr / (1 − β₁ᵗ)
+  float bc2_sqrt;   // √(1 − β₂ᵗ)
+  float decay;      // 1 − lr·wd
+  float grad_scale;
+};
+
+inline constexpr int kAdamWMaxTensors = 48;
+inline constexpr std::int64_t kAdamWChunk = 16 * kThreads;
+
+struct AdamWLaunch {
+  AdamWTensor tensors[kAdamWMaxTensors];
+  std::int64_t first_block[kAdamWMaxTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k+1])
+  int count;
+};
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamWScalars s) {
+  const std::int64_t block = blockIdx.x;
+  int k = 0;
+  while (block >= launch.first_block[k + 1]) ++k;  // ends: block < first_block[count]
+  const AdamWTensor& t = launch.tensors[k];
+  const std::int64_t begin = (block - launch.first_block[k]) * kAdamWChunk;
+  const std::int64_t end = begin + kAdamWChunk < t.n ? begin + kAdamWChunk : t.n;
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += kBlock) {
+    const float g = t.g[i] * s.grad_scale;
+    float m = t.m[i], v = t.v[i];
+    m += (g - m) * (1.0f - s.beta1);
+    v = v * s.beta2 + (1.0f - s.beta2) * g * g;
+    t.m[i] = m;
+    t.v[i] = v;
+    t.w[i] = t.w[i] * s.decay - s.step_size * (m / (sqrtf(v) / s.bc2_sqrt + s.eps));
+  }
+}
+
+// Launches as few kernels as the list allows on `stream`; empty tensors are skipped.
+inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const AdamWScalars& s, cudaStream_t stream) {
+  std::size_t next = 0;
+  while (next < tensors.size()) {
+    AdamWLaunch launch{};
+    launch.first_block[0] = 0;
+    for (; next < tensors.size() && launch.count < kAdamWMaxTensors; ++next) {
+      if (tensors[next].n == 0) continue;
+      launch.tensors[launch.count] = tensors[next];
+      launch.first_block[launch.count + 1] =
+          launch.first_block[launch.count] + (tensors[next].n + kAdamWChunk - 1) / kAdamWChunk;
+      ++launch.count;
+    }
+    const std::int64_t blocks = launch.first_block[launch.count];
+    if (blocks == 0) break;
+    if (blocks > 0x7fffffff) return cudaErrorInvalidValue;  // > 2³¹ blocks: 17 Tera-elements
+    adamw_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(launch, s);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace muon::kernels

@@ -1,0 +1,38 @@
+// kernels/elementwise.cuh: the fused elementwise steps of Muon.
+//
+//   axpby:    y ← α·x + β·y, x fp32 or bf16. With α = −lr·s and β = 1 − lr·wd it is the fused
+//             decay-and-apply of the scaled update (a bf16 update onto fp32 parameters).
+//   momentum: M ← μM + g·G (g = 1 for the sum form, 1−μ for EMA), and the Newton–Schulz input
+//             U = g·G + μM (Nesterov) or U = M, with the clipping factor applied to G on the fly.
+//   convert:  fp32 ↔ bf16 (to bf16: round to nearest even, as torch's .bfloat16()).
+// The arithmetic follows the Eigen backend's expressions term by term.
+#pragma once
+
+#include "kernels/launch.cuh"
+
+namespace muon::kernels {
+
+// β = 0 does not read y (it may hold NaN), as in BLAS; x may equal y.
+template <class X>
+__global__ void axpby_kernel(std::int64_t n, float alpha, const X* x, float beta, float* y) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride())
+    y[i] = beta == 0.0f ? alpha * to_float(x[i]) : alpha * to_float(x[i]) + beta * y[i];
+}
+
+template <class G>
+__global__ void momentum_kernel(std::int64_t n, float* m, const G* g, float mu, float gain, float grad_scale,
+                                bool nesterov, float* u) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) {
+    const float gi = to_float(g[i]) * grad_scale;
+    const float mi = mu * m[i] + gain * gi;
+    m[i] = mi;
+    u[i] = nesterov ? gain * gi + mu * mi : mi;
+  }
+}
+
+template <class From, class To>
+__global__ void convert_kernel(std::int64_t n, const From* __restrict__ x, To* __restrict__ y) {
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = To(to_float(x[i]));
+}
+
+}  // namespace muon::kernels
