@@ -61,7 +61,11 @@ TEST_CASE("after K steps every rank's parameters equal the single-process optimi
     CHECK(a.grad_norm == doctest::Approx(b.grad_norm).epsilon(1e-12));
   }
   CHECK(zm.values() == ref.values());
-  CHECK(zero.state_elements() == zero.plan().ranks[static_cast<std::size_t>(comm.rank())].state_elements());
+  // State only on the owners: the ranks' buffers add up to the single-process optimizer's.
+  std::int64_t held[] = {zero.state_elements()};
+  comm.all_reduce(std::span<std::int64_t>(held), muon::dist::ReduceOp::sum);
+  CHECK(held[0] == single.state_elements());
+  if (comm.size() > 1) CHECK(zero.state_elements() < single.state_elements());
 }
 
 TEST_CASE("with clipping, ZeRO-1 matches the single-process optimizer within float rounding") {
@@ -153,8 +157,46 @@ TEST_CASE("parameter tables or options that differ between ranks are rejected on
                        muon::InvalidArgument);
   muon::Options options = kOptions;
   if (last) options.lr = 0.5;
-  CHECK_THROWS_WITH_AS(Zero(zm.table(), options, comm), doctest::Contains("Options differ between ranks"),
+  CHECK_THROWS_WITH_AS(Zero(zm.table(), options, comm), doctest::Contains("Options or ZeroOptions differ"),
                        muon::InvalidArgument);
+  // Another bucket size would give another layout, and mismatched collectives.
+  const muon::dist::ZeroOptions zero{.bucket_elements = last ? 1000 : 300};
+  CHECK_THROWS_WITH_AS(Zero(zm.table(), kOptions, comm, {}, zero), doctest::Contains("Options or ZeroOptions differ"),
+                       muon::InvalidArgument);
+}
+
+TEST_CASE("a checkpoint that one rank cannot read or rank 0 cannot write fails on every rank and changes nothing") {
+  MpiCommunicator comm;
+  const bool last = comm.rank() == comm.size() - 1;
+  ZeroModel zm, ref;
+  Zero zero(zm.table(), kOptions, comm, {}, kZero);
+  Single single(ref.table(), kOptions);
+  zm.set_rank_gradients(0, comm.rank());
+  ref.set_mean_gradients(0, comm.size());
+  (void)zero.step();
+  (void)single.step();
+  const auto path = shared_path(comm, "bad");
+  zero.save(path);
+  const auto missing = path.string() + (last ? ".missing" : "");
+  try {
+    zero.load(missing);
+    FAIL("a file missing on the last rank was loaded");
+  } catch (const muon::dist::CommError& e) {
+    CHECK(!last);
+    CHECK(std::string(e.what()).find(".missing") != std::string::npos);
+  } catch (const muon::FileError&) {
+    CHECK(last);
+  }
+  CHECK_THROWS_AS(zero.save("/nonexistent-directory/opt.safetensors"), muon::Error);
+  CHECK(zero.step_count() == 1);
+  // Nothing changed: the next step equals the reference's.
+  zm.set_rank_gradients(1, comm.rank());
+  ref.set_mean_gradients(1, comm.size());
+  (void)zero.step();
+  (void)single.step();
+  CHECK(zm.values() == ref.values());
+  comm.barrier();
+  if (comm.rank() == 0) std::filesystem::remove(path);
 }
 
 TEST_CASE("a NaN gradient on one rank rejects or skips the step on every rank and changes nothing") {

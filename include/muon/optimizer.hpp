@@ -181,6 +181,13 @@ class Optimizer {
     skipped_ = state.skipped_steps;
   }
 
+  // Floats of optimizer state this optimizer holds (momenta and moments).
+  [[nodiscard]] std::int64_t state_elements() {
+    std::int64_t n = 0;
+    for_each_state_buffer([&](const Parameter&, const char*, Buffer& b) { n += std::ssize(b.span()); });
+    return n;
+  }
+
   // The names of the state buffers, in export order ("<parameter>/momentum", ...).
   [[nodiscard]] std::vector<std::string> state_names() {
     std::vector<std::string> names;

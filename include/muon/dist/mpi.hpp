@@ -61,7 +61,8 @@ inline MPI_Op mpi_op(ReduceOp op) {
 inline int mpi_count(std::int64_t n, const char* what) {
   if (n < 0 || n > std::numeric_limits<int>::max())
     throw CommError(std::string("MPI ") + what + ": " + std::to_string(n) +
-                    " elements exceed MPI's int count; use smaller buckets (ZeroOptions.bucket_elements)");
+                    " elements exceed MPI's int counts; use smaller buckets (ZeroOptions.bucket_elements), and split "
+                    "any single parameter of more than 2^31 - 1 elements");
   return static_cast<int>(n);
 }
 
@@ -78,6 +79,10 @@ class MpiEnvironment {
     int provided = 0;
     detail::check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     owns_ = true;
+    if (provided < MPI_THREAD_FUNNELED) {
+      MPI_Finalize();
+      throw CommError("MPI_Init_thread: this MPI does not support MPI_THREAD_FUNNELED (OpenMP threads beside MPI)");
+    }
   }
   MpiEnvironment(const MpiEnvironment&) = delete;
   MpiEnvironment& operator=(const MpiEnvironment&) = delete;
@@ -90,16 +95,24 @@ class MpiEnvironment {
 };
 
 class MpiCommunicator {
+  // Per-rank int counts and displacements of one bulk collective. MPI reads them until the
+  // operation completes (MPI-3.1 §5.12), so the request owns them.
+  struct Layout {
+    std::vector<int> counts, displacements;
+    bool equal = true;
+  };
+
  public:
   // A collective in flight. `avg` scales the received sum when it completes.
   class Request {
    public:
     Request() = default;
-    Request(MPI_Request request, std::span<float> scale_span, float scale)
-        : request_(request), scale_span_(scale_span), scale_(scale) {}
+    Request(std::unique_ptr<Layout> layout, std::span<float> scale_span, float scale)
+        : layout_(std::move(layout)), scale_span_(scale_span), scale_(scale) {}
     Request(Request&& other) noexcept { *this = std::move(other); }
     Request& operator=(Request&& other) noexcept {
       std::swap(request_, other.request_);
+      std::swap(layout_, other.layout_);
       std::swap(scale_span_, other.scale_span_);
       std::swap(scale_, other.scale_);
       return *this;
@@ -119,8 +132,11 @@ class MpiCommunicator {
       scale_ = 1.0f;
     }
 
+    MPI_Request* handle() { return &request_; }
+
    private:
     MPI_Request request_ = MPI_REQUEST_NULL;
+    std::unique_ptr<Layout> layout_;
     std::span<float> scale_span_{};
     float scale_ = 1.0f;
   };
@@ -148,37 +164,38 @@ class MpiCommunicator {
 
   Request reduce_scatter(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts,
                          ReduceOp op) {
-    const auto layout = check_layout(counts, send.size(), recv.size(), "reduce_scatter");
-    MPI_Request request = MPI_REQUEST_NULL;
-    const void* source = send.data();
     if (recv.data() < send.data() + send.size() && send.data() < recv.data() + recv.size())
       throw CommError("MPI reduce_scatter: the send and receive buffers overlap");
-    if (layout.equal)
-      detail::check_mpi(MPI_Ireduce_scatter_block(source, recv.data(), layout.counts.empty() ? 0 : layout.counts[0],
-                                                  MPI_FLOAT, detail::mpi_op(op), *comm_, &request),
+    auto layout = check_layout(counts, send.size(), recv.size(), "reduce_scatter");
+    const Layout& l = *layout;
+    Request request(std::move(layout), recv, op == ReduceOp::avg ? 1.0f / static_cast<float>(size_) : 1.0f);
+    if (l.equal)
+      detail::check_mpi(MPI_Ireduce_scatter_block(send.data(), recv.data(), l.counts[0], MPI_FLOAT, detail::mpi_op(op),
+                                                  *comm_, request.handle()),
                         "MPI_Ireduce_scatter_block");
     else
-      detail::check_mpi(MPI_Ireduce_scatter(source, recv.data(), layout.counts.data(), MPI_FLOAT, detail::mpi_op(op),
-                                            *comm_, &request),
+      detail::check_mpi(MPI_Ireduce_scatter(send.data(), recv.data(), l.counts.data(), MPI_FLOAT, detail::mpi_op(op),
+                                            *comm_, request.handle()),
                         "MPI_Ireduce_scatter");
-    return {request, recv, op == ReduceOp::avg ? 1.0f / static_cast<float>(size_) : 1.0f};
+    return request;
   }
 
   Request all_gather(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts) {
-    const auto layout = check_layout(counts, recv.size(), send.size(), "all_gather");
+    auto layout = check_layout(counts, recv.size(), send.size(), "all_gather");
+    const Layout& l = *layout;
     const auto own = static_cast<std::size_t>(rank_);
-    const bool in_place = send.data() == recv.data() + layout.displacements[own];
+    const bool in_place = send.data() == recv.data() + l.displacements[own];
     const void* source = in_place ? MPI_IN_PLACE : send.data();
-    MPI_Request request = MPI_REQUEST_NULL;
-    if (layout.equal)
-      detail::check_mpi(MPI_Iallgather(source, layout.counts[own], MPI_FLOAT, recv.data(), layout.counts[own],
-                                       MPI_FLOAT, *comm_, &request),
+    Request request(std::move(layout), {}, 1.0f);
+    if (l.equal)
+      detail::check_mpi(MPI_Iallgather(source, l.counts[own], MPI_FLOAT, recv.data(), l.counts[own], MPI_FLOAT, *comm_,
+                                       request.handle()),
                         "MPI_Iallgather");
     else
-      detail::check_mpi(MPI_Iallgatherv(source, layout.counts[own], MPI_FLOAT, recv.data(), layout.counts.data(),
-                                        layout.displacements.data(), MPI_FLOAT, *comm_, &request),
+      detail::check_mpi(MPI_Iallgatherv(source, l.counts[own], MPI_FLOAT, recv.data(), l.counts.data(),
+                                        l.displacements.data(), MPI_FLOAT, *comm_, request.handle()),
                         "MPI_Iallgatherv");
-    return {request, {}, 1.0f};
+    return request;
   }
 
   template <class T>
@@ -205,23 +222,18 @@ class MpiCommunicator {
   void barrier() { detail::check_mpi(MPI_Barrier(*comm_), "MPI_Barrier"); }
 
  private:
-  struct Layout {
-    std::vector<int> counts, displacements;
-    bool equal = true;
-  };
-
   // Checks that there is one count per rank and that they add up to the full buffer's size.
-  Layout check_layout(std::span<const std::int64_t> counts, std::size_t full, std::size_t own,
-                      const char* what) const {
+  std::unique_ptr<Layout> check_layout(std::span<const std::int64_t> counts, std::size_t full, std::size_t own,
+                                       const char* what) const {
     if (std::ssize(counts) != size_)
       throw CommError(std::string("MPI ") + what + ": " + std::to_string(counts.size()) + " counts for " +
                       std::to_string(size_) + " ranks");
-    Layout layout;
+    auto layout = std::make_unique<Layout>();
     std::int64_t total = 0;
     for (const std::int64_t n : counts) {
-      layout.displacements.push_back(detail::mpi_count(total, what));
-      layout.counts.push_back(detail::mpi_count(n, what));
-      layout.equal = layout.equal && n == counts[0];
+      layout->displacements.push_back(detail::mpi_count(total, what));
+      layout->counts.push_back(detail::mpi_count(n, what));
+      layout->equal = layout->equal && n == counts[0];
       total += n;
     }
     if (static_cast<std::size_t>(total) != full || static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]) != own)

@@ -62,14 +62,17 @@ inline ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
-// Groups the NCCL calls of its scope into one launch.
-class NcclGroup {
- public:
-  NcclGroup() { check_nccl(ncclGroupStart(), "ncclGroupStart"); }
-  NcclGroup(const NcclGroup&) = delete;
-  NcclGroup& operator=(const NcclGroup&) = delete;
-  ~NcclGroup() noexcept(false) { check_nccl(ncclGroupEnd(), "ncclGroupEnd"); }
-};
+// Runs `enqueue` between ncclGroupStart and ncclGroupEnd, so that its calls become one launch.
+// `enqueue` returns the first failing result (or ncclSuccess); the group is closed either way, so
+// an error never leaves a group open, and it is thrown only after.
+template <class F>
+void nccl_group(F&& enqueue, const char* what) {
+  check_nccl(ncclGroupStart(), "ncclGroupStart");
+  const ncclResult_t enqueued = enqueue();
+  const ncclResult_t ended = ncclGroupEnd();
+  check_nccl(enqueued, what);
+  check_nccl(ended, "ncclGroupEnd");
+}
 
 }  // namespace detail
 
@@ -122,15 +125,19 @@ class NcclCommunicator {
                          "ncclReduceScatter");
       return {};
     }
-    detail::NcclGroup group;
-    for (int r = 0; r < size_; ++r) {
-      const auto k = static_cast<std::size_t>(r);
-      if (counts[k] == 0) continue;
-      detail::check_nccl(ncclReduce(send.data() + displacements[k], r == rank_ ? recv.data() : nullptr,
-                                    static_cast<std::size_t>(counts[k]), ncclFloat32, detail::nccl_op(op), r, native(),
-                                    stream_),
-                         "ncclReduce");
-    }
+    detail::nccl_group(
+        [&] {
+          for (int r = 0; r < size_; ++r) {
+            const auto k = static_cast<std::size_t>(r);
+            if (counts[k] == 0) continue;
+            const ncclResult_t result =
+                ncclReduce(send.data() + displacements[k], r == rank_ ? recv.data() : nullptr,
+                           static_cast<std::size_t>(counts[k]), ncclFloat32, detail::nccl_op(op), r, native(), stream_);
+            if (result != ncclSuccess) return result;
+          }
+          return ncclSuccess;
+        },
+        "ncclReduce");
     return {};
   }
 
@@ -142,14 +149,19 @@ class NcclCommunicator {
                          "ncclAllGather");
       return {};
     }
-    detail::NcclGroup group;
-    for (int r = 0; r < size_; ++r) {
-      const auto k = static_cast<std::size_t>(r);
-      if (counts[k] == 0) continue;
-      detail::check_nccl(ncclBroadcast(r == rank_ ? send.data() : nullptr, recv.data() + displacements[k],
-                                       static_cast<std::size_t>(counts[k]), ncclFloat32, r, native(), stream_),
-                         "ncclBroadcast");
-    }
+    detail::nccl_group(
+        [&] {
+          for (int r = 0; r < size_; ++r) {
+            const auto k = static_cast<std::size_t>(r);
+            if (counts[k] == 0) continue;
+            const ncclResult_t result =
+                ncclBroadcast(r == rank_ ? send.data() : nullptr, recv.data() + displacements[k],
+                              static_cast<std::size_t>(counts[k]), ncclFloat32, r, native(), stream_);
+            if (result != ncclSuccess) return result;
+          }
+          return ncclSuccess;
+        },
+        "ncclBroadcast");
     return {};
   }
 

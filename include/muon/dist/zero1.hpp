@@ -13,10 +13,13 @@
 // A rank holds state only for what it owns, so the state per rank is 1/N of the single-process
 // optimizer's. The owners' work is the single-process optimizer itself (optimizer.hpp), one per
 // bucket over that rank's pieces: the rules exist once. Results depend on the world size only
-// through the order in which the engine sums gradients.
+// through the order in which the engine sums gradients and the ranks sum the clipping norm
+// (tests/test_zero_mpi.cpp: bit for bit where those sums are exact).
 //
-// Every public operation is collective: all ranks call it, in the same order. Errors are agreed,
-// so a bad input on one rank throws on every rank and no rank is left waiting.
+// Every public operation is collective: all ranks call it, in the same order. Bad input (a table,
+// options or a file that is wrong on any rank) is agreed: it throws on every rank, changes
+// nothing, and leaves no rank waiting. A failure of the engine or the device inside a step (a
+// CommError or a backend error after the guard) is not recoverable: replicas may differ.
 //
 //   muon::dist::MpiEnvironment mpi(argc, argv);
 //   muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::MpiCommunicator> opt(
@@ -67,13 +70,21 @@ class ZeroOptimizer {
       validate(options_);
       validate_table(params_);
       if (zero.bucket_elements < 1) throw InvalidArgument("ZeroOptions.bucket_elements must be >= 1");
+      check_same_stream();
     });
-    check_ranks_agree();
-    std::vector<TensorInfo> infos;
-    for (const Parameter& p : params_) infos.push_back({p.name, p.value.shape, route(p)});
-    plan_ = plan_zero1(infos, comm_.size(), {options_.muon.ns.steps, zero.bucket_elements});
-    build_shards();
+    check_ranks_agree(zero);
+    agree([&] {
+      std::vector<TensorInfo> infos;
+      for (const Parameter& p : params_) infos.push_back({p.name, p.value.shape, route(p)});
+      plan_ = plan_zero1(infos, comm_.size(), {options_.muon.ns.steps, zero.bucket_elements});
+      build_shards();
+    });
   }
+  // The owners' tables point into this object's shards.
+  ZeroOptimizer(const ZeroOptimizer&) = delete;
+  ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
+  ZeroOptimizer(ZeroOptimizer&&) noexcept = default;
+  ZeroOptimizer& operator=(ZeroOptimizer&&) noexcept = default;
 
   // One collective step; see the file comment. A NaN or Inf in any rank's gradient rejects (or
   // skips) the step on every rank, naming the same parameter, and changes nothing.
@@ -136,9 +147,12 @@ class ZeroOptimizer {
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
   [[nodiscard]] C& communicator() { return comm_; }
 
-  // Optimizer-state floats this rank holds (momenta and moments of its pieces).
-  [[nodiscard]] std::int64_t state_elements() const {
-    return plan_.ranks[static_cast<std::size_t>(comm_.rank())].state_elements();
+  // Optimizer-state floats this rank holds (momenta and moments of its pieces), as allocated.
+  [[nodiscard]] std::int64_t state_elements() {
+    std::int64_t n = 0;
+    for (auto& o : owners_)
+      if (o) n += o->state_elements();
+    return n;
   }
 
   // Collective. Writes the whole state as one file in the single-process optimizer's format
@@ -199,6 +213,16 @@ class ZeroOptimizer {
         (void)owners_[b]->check_state(s, path.string());
       }
     });
+    // A copy per node must be the same file: the step counts and options must agree.
+    const std::int64_t mine[] = {state.step, state.skipped_steps, hash(to_json(state.options).dump())};
+    std::int64_t lo[3], hi[3];
+    std::copy(std::begin(mine), std::end(mine), lo);
+    std::copy(std::begin(mine), std::end(mine), hi);
+    comm_.all_reduce(std::span<std::int64_t>(lo), ReduceOp::min);
+    comm_.all_reduce(std::span<std::int64_t>(hi), ReduceOp::max);
+    if (!std::equal(std::begin(lo), std::end(lo), std::begin(hi)))
+      throw StateMismatch("optimizer state '" + path.string() +
+                          "': the ranks read different step counts or options; every rank must read the same file");
     for (std::size_t b = 0; b < owners_.size(); ++b)
       if (owners_[b]) owners_[b]->import_state(*staged[b], path.string());
     options_ = state.options;
@@ -218,6 +242,9 @@ class ZeroOptimizer {
     } catch (const std::exception& e) {
       error = std::current_exception();
       message = e.what();
+    } catch (...) {
+      error = std::current_exception();
+      message = "an exception that is not a std::exception";
     }
     std::int64_t failed[] = {error ? comm_.rank() : comm_.size()};
     comm_.all_reduce(std::span<std::int64_t>(failed), ReduceOp::min);
@@ -241,11 +268,20 @@ class ZeroOptimizer {
     return hash(key);
   }
 
-  // The ranks must hold the same table (names, shapes, rules, order) and the same options.
-  void check_ranks_agree() {
+  // With a stream-ordered engine (NCCL), the backend must work on the communicator's stream:
+  // stream order is what makes a Request's wait unnecessary.
+  void check_same_stream() {
+    if constexpr (requires { comm_.stream() == backend_.stream(); })
+      if (comm_.stream() != backend_.stream())
+        throw InvalidArgument("the backend and the communicator work on different streams; construct the "
+                              "communicator with the backend's stream()");
+  }
+
+  // The ranks must hold the same table (names, shapes, rules, order), options and bucket size.
+  void check_ranks_agree(const ZeroOptions& zero) {
     std::int64_t table = hash("table");
     for (const Parameter& p : params_) table = hash(std::to_string(hash_parameter(p)), std::bit_cast<std::uint64_t>(table));
-    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table, hash(to_json(options_).dump())};
+    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table, hash(to_json(options_).dump() + "|" + std::to_string(zero.bucket_elements))};
     std::int64_t lo[3], hi[3];
     std::copy(std::begin(mine), std::end(mine), lo);
     std::copy(std::begin(mine), std::end(mine), hi);
@@ -269,7 +305,7 @@ class ZeroOptimizer {
                             p.name + "' with shape " + to_string(p.value.shape) + ", rule " +
                             (route(p) == Rule::muon ? "muon" : "adamw") + where);
     }
-    if (lo[2] != hi[2]) throw InvalidArgument("Options differ between ranks" + where);
+    if (lo[2] != hi[2]) throw InvalidArgument("Options or ZeroOptions differ between ranks" + where);
   }
 
   static std::vector<const char*> state_kinds(Rule rule) {
