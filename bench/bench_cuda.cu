@@ -85,6 +85,7 @@ void BM_cuda_gemm_bf16(benchmark::State& state) {
   MUON_CUDA_CHECK(cudaMalloc(&c, bytes));
   MUON_CUDA_CHECK(cudaMemset(a, 0x3c, bytes));  // 0x3c3c ≈ 0.0115 in bf16: finite, nonzero
   MUON_CUDA_CHECK(cudaMemset(b, 0x3c, bytes));
+  MUON_CUDA_CHECK(cudaDeviceSynchronize());  // the memsets ran on the legacy stream, the GEMMs do not
   const float alpha = 1.0f, beta = 0.0f;
   run_timed(state, gpu.stream(), [&] {
     MUON_CUDA_CHECK(cublasGemmEx(gpu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,

@@ -64,12 +64,13 @@ std::vector<float> download(CudaBackend& gpu, std::span<const float> x) {
 void poison(CudaBackend& gpu, std::span<float> x) { gpu.from_host(std::vector<float>(x.size(), kNaN), x); }
 
 // max|x − y| / max|y|: the error relative to the scale of the reference result; infinite if x
-// holds a non-finite value (a poisoned element left unwritten).
+// holds a non-finite value (a poisoned element left unwritten), or y does.
 double relative_error(const std::vector<float>& x, const std::vector<float>& y) {
   REQUIRE(x.size() == y.size());
   double diff = 0.0, scale = 0.0;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i])) return std::numeric_limits<double>::infinity();
+    // A non-finite reference would make every comparison false and the error 0: fail instead.
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) return std::numeric_limits<double>::infinity();
     diff = std::max(diff, std::abs(double{x[i]} - double{y[i]}));
     scale = std::max(scale, std::abs(double{y[i]}));
   }
@@ -309,8 +310,9 @@ TEST_CASE("apply_update: a bf16 update decays and moves fp32 parameters") {
 }
 
 TEST_CASE("Newton–Schulz on the GPU: batched equals looped and equals the Eigen backend") {
-  // Wide, tall (right multiplication) and 3:1 (Gram Newton–Schulz under NsMethod::automatic).
-  for (const auto& [rows, cols] : {std::pair{48, 80}, {80, 48}, {32, 96}, {128, 256}, {256, 128}})
+  // Wide, tall (right multiplication), 3:1 (Gram Newton–Schulz under NsMethod::automatic), and
+  // 256-sided Grams, which split into 4 tiles of 64 (the others into 2 or none).
+  for (const auto& [rows, cols] : {std::pair{48, 80}, {80, 48}, {32, 96}, {128, 256}, {256, 128}, {256, 384}})
     for (const auto precision : {NsPrecision::fp32, NsPrecision::bf16}) {
       CAPTURE(rows);
       CAPTURE(cols);

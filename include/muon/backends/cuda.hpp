@@ -105,6 +105,8 @@ struct Context {
   void* blas_workspace = nullptr;
   void* scratch = nullptr;
   std::size_t scratch_bytes = 0;
+  // Arenas outgrown: an instantiated CUDA graph may still use them, so they live until release.
+  std::vector<void*> retired;
 
   // own_stream: make a non-blocking stream; else use `s` (null: the legacy default stream).
   // A null `h` makes a handle of its own.
@@ -132,10 +134,23 @@ struct Context {
   Context& operator=(const Context&) = delete;
   ~Context() { release(); }
 
+  // A caller's handle may have been rebound by its other users (PyTorch sets its own stream
+  // before each use, which also drops our workspace): bind it again before each cuBLAS sequence.
+  void bind(std::size_t workspace_bytes) {
+    if (owns_blas) return;
+    MUON_CUDA_CHECK(cublasSetStream(blas, stream));
+    MUON_CUDA_CHECK(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+  }
+
   // Errors are not reported here (it runs in a destructor); the calls only release resources.
   void release() noexcept {
     if (owns_stream || blas_workspace != nullptr || scratch != nullptr) cudaStreamSynchronize(stream);
     if (scratch != nullptr) cudaFree(scratch);
+    for (void* arena : retired) cudaFree(arena);
+    retired.clear();
+    // A caller's handle must not keep pointing at the workspace freed below; setting its stream
+    // puts it back on cuBLAS's own workspace.
+    if (!owns_blas && blas != nullptr && blas_workspace != nullptr) cublasSetStream(blas, stream);
     if (owns_blas) cublasDestroy(blas);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
     if (owns_stream) cudaStreamDestroy(stream);
@@ -152,7 +167,7 @@ struct Context {
     if (status != cudaStreamCaptureStatusNone)
       throw CudaError("CudaBackend: the scratch arena must grow to " + std::to_string(bytes) +
                       " bytes during a CUDA graph capture; run the captured work once before capturing");
-    if (scratch != nullptr) MUON_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+    if (scratch != nullptr) retired.push_back(scratch);
     scratch = nullptr;
     scratch_bytes = 0;
     MUON_CUDA_CHECK(cudaMallocAsync(&scratch, bytes, stream));
@@ -243,6 +258,7 @@ class CudaBackend {
   void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb, float beta,
             MatrixStack<float> c) {
     if (c.size() == 0) return;
+    context_->bind(options_.cublas_workspace_bytes);
     const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
     const bool bf16 = options_.ns_precision == NsPrecision::bf16;
     const void* pa = a.data;
@@ -274,6 +290,7 @@ class CudaBackend {
   // symmetric, as the concept says. bf16: symmetric_product.
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
     if (c.size() == 0) return;
+    context_->bind(options_.cublas_workspace_bytes);
     const bool rows = side == GramSide::rows;
     const std::int64_t n = rows ? x.rows : x.cols, inner = rows ? x.cols : x.rows;
     if (options_.ns_precision == NsPrecision::fp32) {
@@ -437,6 +454,7 @@ class CudaBackend {
   // newton_schulz on at most ns_batch_limit matrices.
   void newton_schulz_chunk(MatrixStack<float> x, const NsOptions& o) {
     if (x.size() == 0) return;
+    context_->bind(options_.cublas_workspace_bytes);
     const bool wide = x.rows <= x.cols;
     const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
     const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
