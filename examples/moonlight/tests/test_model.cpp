@@ -114,6 +114,10 @@ TEST_CASE("the KV cache holds kv_lora_rank + qk_rope_head_dim floats per token a
   CHECK(cache.length() == 5);
   CHECK(cache.bytes() == 5 * formula);
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) CHECK(cache.layer(l).size() * sizeof(float) * c.num_hidden_layers == 5 * formula);
+  cache.truncate(2);
+  CHECK(cache.length() == 2);
+  CHECK(cache.bytes() == 2 * formula);
+  CHECK_THROWS_AS(cache.truncate(3), muon::InvalidArgument);
   // Moonlight-16B-A3B: 27 × (512 + 64) × 4 bytes = 62,208 (MOONLIGHT.md §8, fp32 row).
   const auto moonlight = moonlight::Config::load(fixture("moonlight_16b_a3b_instruct_config.json"));
   CHECK(KvCache(moonlight).bytes_per_token() == 62'208);

@@ -77,6 +77,7 @@ TEST_CASE("save then load is bit-exact, single-file and sharded") {
     CHECK(std::filesystem::exists(out / "model.safetensors") == !sharded);
     const Config config = Config::load(out / "config.json");
     CHECK(config.json.at("torch_dtype") == "float32");
+    CHECK(config.json.at("dtype") == "float32");
     const Weights back = Weights::load(out, config);
     CHECK(bitwise_equal(back.data(), tiny.weights.data()));
   }

@@ -18,6 +18,7 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <span>
 #include <vector>
 

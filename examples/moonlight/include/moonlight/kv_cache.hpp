@@ -13,9 +13,11 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "moonlight/config.hpp"
+#include "muon/error.hpp"
 
 namespace moonlight {
 
@@ -46,10 +48,15 @@ class KvCache {
   }
   void commit(std::int64_t n) { length_ += n; }
 
-  void clear() {
-    for (auto& v : layers_) v.clear();
-    length_ = 0;
+  // Forgets every token from position n on (to rewind a conversation or a benchmark).
+  void truncate(std::int64_t n) {
+    if (n < 0 || n > length_) {
+      throw muon::InvalidArgument("cannot truncate a KV cache of " + std::to_string(length_) + " tokens to " + std::to_string(n));
+    }
+    for (auto& v : layers_) v.resize(static_cast<std::size_t>(n * row_width()));
+    length_ = n;
   }
+  void clear() { truncate(0); }
 
  private:
   std::int64_t latent_, rope_;

@@ -23,7 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <limits>
+#include <functional>
 #include <numeric>
 #include <span>
 #include <string>

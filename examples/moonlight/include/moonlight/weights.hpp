@@ -21,7 +21,6 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -341,8 +340,8 @@ inline void Weights::save(const std::filesystem::path& dir, const Config& c, con
     std::filesystem::remove(index_path);
   }
   nlohmann::json config = c.json;
-  config["torch_dtype"] = bf16 ? "bfloat16" : "float32";
-  config.erase("dtype");  // newer transformers' name for torch_dtype; keep only one
+  // Both names: transformers ≥ 4.56 reads "dtype", older versions "torch_dtype".
+  config["torch_dtype"] = config["dtype"] = bf16 ? "bfloat16" : "float32";
   detail::write_text_atomically(dir / "config.json", config.dump(2) + "\n");
 }
 
