@@ -5,6 +5,7 @@
 #include "fixtures.hpp"
 #include "moonlight/generate.hpp"
 #include "moonlight/model.hpp"
+#include "moonlight/utf8_stream.hpp"
 
 namespace st = muon::safetensors;
 using moonlight::AttentionPath;
@@ -196,4 +197,16 @@ TEST_CASE("out-of-vocabulary token ids are refused before anything runs") {
   CHECK_THROWS_WITH_AS((void)model.forward(ids, cache), doctest::Contains("token id 300 at index 1"), muon::InvalidArgument);
   CHECK(cache.length() == 0);
   CHECK(cache.layer(0).empty());
+}
+
+TEST_CASE("streamed token bytes are released only as whole UTF-8 characters") {
+  moonlight::Utf8Stream stream;
+  const std::string han = "\xE4\xB8\xAD", emoji = "\xF0\x9F\x98\x80";  // 中, 😀
+  CHECK(stream.push("a" + han.substr(0, 1)) == "a");
+  CHECK(stream.push(han.substr(1, 1)).empty());
+  CHECK(stream.push(han.substr(2) + emoji.substr(0, 2)) == han);
+  CHECK(stream.push(emoji.substr(2) + "b") == emoji + "b");
+  CHECK(stream.push(emoji.substr(0, 3)).empty());
+  CHECK(stream.flush() == emoji.substr(0, 3));  // the end of the stream releases what is held
+  CHECK(stream.push("\x80x") == "\x80x");        // invalid bytes pass through
 }

@@ -21,6 +21,7 @@
 #include <moonlight/generate.hpp>
 #include <moonlight/model.hpp>
 #include <moonlight/tokenizer.hpp>
+#include <moonlight/utf8_stream.hpp>
 
 namespace {
 
@@ -37,42 +38,6 @@ Loaded load(const std::filesystem::path& dir) {
   return out;
 }
 
-// Streams token bytes to stdout, holding back an incomplete UTF-8 sequence at the end (a
-// character can span tokens) until the next token completes it.
-class Printer {
- public:
-  void add(std::string_view bytes) {
-    pending_ += bytes;
-    std::size_t n = pending_.size(), lead = n;
-    // Find the last lead byte among the final 4 and check that its sequence is complete.
-    for (std::size_t back = 0; back < 4 && back < n; ++back) {
-      const auto c = static_cast<unsigned char>(pending_[n - 1 - back]);
-      if ((c & 0xC0) != 0x80) {
-        lead = n - 1 - back;
-        break;
-      }
-    }
-    std::size_t ready = n;
-    if (lead < n) {
-      const auto c = static_cast<unsigned char>(pending_[lead]);
-      const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-      if (n - lead < need) ready = lead;
-    }
-    std::fwrite(pending_.data(), 1, ready, stdout);
-    std::fflush(stdout);
-    pending_.erase(0, ready);
-  }
-  void finish() {
-    std::fwrite(pending_.data(), 1, pending_.size(), stdout);
-    pending_.clear();
-    std::fputc('\n', stdout);
-    std::fflush(stdout);
-  }
-
- private:
-  std::string pending_;
-};
-
 bool is_stop(const std::vector<std::int32_t>& stops, std::int32_t id) {
   return std::find(stops.begin(), stops.end(), id) != stops.end();
 }
@@ -81,17 +46,17 @@ bool is_stop(const std::vector<std::int32_t>& stops, std::int32_t id) {
 std::string respond(const Loaded& m, std::span<const std::int32_t> ids, moonlight::SamplingOptions options) {
   options.stop_ids = m.stop_ids;
   moonlight::KvCache cache(m.model.config());
-  Printer printer;
+  moonlight::Utf8Stream stream;
   std::string text;
   moonlight::generate(m.model, cache, ids, options, [&](std::int32_t id) {
     if (!is_stop(m.stop_ids, id)) {
       const std::string_view bytes = m.tokenizer.token_bytes(id);
       text += bytes;
-      printer.add(bytes);
+      std::cout << stream.push(bytes) << std::flush;
     }
     return true;
   });
-  printer.finish();
+  std::cout << stream.flush() << std::endl;
   return text;
 }
 
@@ -125,7 +90,7 @@ int main(int argc, char** argv) {
     if (generate->parsed()) {
       const std::vector<std::int32_t> ids = m.tokenizer.encode_with_special(prompt);
       if (ids.empty()) throw muon::InvalidArgument("--prompt encodes to no tokens");
-      std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+      std::cout << prompt << std::flush;
       respond(m, ids, sampling);
       return 0;
     }
@@ -134,13 +99,13 @@ int main(int argc, char** argv) {
     std::vector<moonlight::ChatMessage> messages;
     if (!system_prompt.empty()) messages.push_back({"system", system_prompt});
     std::string line;
-    while (std::fputs("> ", stdout), std::fflush(stdout), std::getline(std::cin, line)) {
+    while (std::cout << "> " << std::flush, std::getline(std::cin, line)) {
       if (line.empty()) continue;
       messages.push_back({"user", line});
       const std::string rendered = moonlight::apply_chat_template(messages, /*add_generation_prompt=*/true);
       messages.push_back({"assistant", respond(m, m.tokenizer.encode_with_special(rendered), sampling)});
     }
-    std::fputc('\n', stdout);
+    std::cout << '\n';
   } catch (const muon::Error& e) {
     std::fprintf(stderr, "moonlight: %s\n", e.what());
     return 1;
