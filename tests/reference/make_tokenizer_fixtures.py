@@ -93,7 +93,7 @@ SHORT_TEXTS = {
     "code": "def f(x):\n    return x**2 + 1  # square\n\nint main() { std::vector<int> v{1, 2, 3}; return v[0]; }\n",
     "emoji": "I love 🍕 and 🚀! 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 ❤️",
     "whitespace_runs": "a  b   c    d\t\te\n\nf\n\n\ng \n h\r\n\r\ni   \n  \n   j    ",
-    "unicode_spaces": "a\u00a0b\u3000c\u2003d\u200be\u180ef\u0085g\u2028h",
+    "unicode_spaces": "a\u00a0b\u3000c\u2003d\u200be\u180ef\u0085g\u2028h i\u180e\u180e.j \u180e\n k \u180e",
     "combining_marks": "cafe\u0301 nai\u0308ve \u0915\u093f\u0924\u093e\u092c Ǆemal ǅemal ǆemal",
     "special_strings": "<|im_user|>user<|im_middle|>hi<|im_end|>[BOS][EOS] <|reserved_token_8200|> [PAD][UNK]",
     "special_lookalikes": "<|im_end|<|im_end||>[EOS [BOS]] <|reserved_token_99999|> <|im_|>",

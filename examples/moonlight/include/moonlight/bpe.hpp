@@ -65,7 +65,7 @@ inline void encode_piece(std::string_view piece, const RankMap& ranks, std::vect
     const auto it = ranks.find(piece.substr(begin, end - begin));
     return it == ranks.end() ? no_rank : it->second;
   };
-  // A parts's pair ends where the part after its successor starts.
+  // A part's pair ends where the part after its successor starts.
   const auto joined_rank = [&](std::uint32_t part) {
     return next[part] < n ? rank_of(part, next[next[part]]) : no_rank;
   };

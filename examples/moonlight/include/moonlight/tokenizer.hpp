@@ -13,6 +13,8 @@
 // `encode_with_special` turns them into their ids (tiktoken's encode with allowed_special="all",
 // the default of Moonlight's own tokenizer). Neither adds a BOS token, as Moonlight's does not.
 // Invalid UTF-8 never throws: see moonlight/pretokenizer.hpp.
+// A Tokenizer does not change after construction: several threads may encode and decode with
+// one tokenizer at once.
 //
 // Not reproduced from Moonlight's Python wrapper (tokenization_moonshot.py): it cuts inputs into
 // chunks of at most 400,000 characters and runs of at most 25,000 whitespace or non-whitespace
