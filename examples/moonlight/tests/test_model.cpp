@@ -210,3 +210,21 @@ TEST_CASE("streamed token bytes are released only as whole UTF-8 characters") {
   CHECK(stream.flush() == emoji.substr(0, 3));  // the end of the stream releases what is held
   CHECK(stream.push("\x80x") == "\x80x");        // invalid bytes pass through
 }
+
+TEST_CASE("tie_word_embeddings: no lm_head tensor, the embedding serves as the head") {
+  const Model untied = Model::load(fixture("tiny_moonlight"));
+  nlohmann::json j = untied.config().json;
+  j["tie_word_embeddings"] = true;
+  const moonlight::Config tied_config = moonlight::Config::from_json(j);
+  moonlight::Weights tied(tied_config), head_is_embedding(untied.config());
+  CHECK_FALSE(tied.contains("lm_head.weight"));
+  for (const auto& t : untied.weights().tensors()) {
+    const auto src = untied.weights().values(t.name == "lm_head.weight" ? "model.embed_tokens.weight" : t.name);
+    std::copy(src.begin(), src.end(), head_is_embedding.values(t.name).begin());
+    if (tied.contains(t.name)) std::copy(src.begin(), src.end(), tied.values(t.name).begin());
+  }
+  const std::vector<std::int32_t> ids{7, 8, 9, 10};
+  const Matrix a = Model(tied_config, std::move(tied)).forward(ids);
+  const Matrix b = Model(untied.config(), std::move(head_is_embedding)).forward(ids);
+  CHECK(a == b);  // the same operations on the same values: bitwise equal
+}
