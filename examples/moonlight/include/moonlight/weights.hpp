@@ -1,0 +1,348 @@
+// moonlight/weights.hpp: the model's parameters in one flat fp32 buffer, under their Hugging Face
+// names and [out, in] layout, and their load/save as HF safetensors checkpoints.
+//
+// `Weights` lays out every tensor a config implies (`tensor_layout`) back to back in one buffer:
+// the forward pass reads named views of it, and `parameter_table` hands the same memory to the
+// muon optimizer (with a gradient buffer of the same layout) for training. Checkpoints are read
+// with muon's safetensors reader (memory-mapped, header validated): a single `model.safetensors`
+// or shards listed in `model.safetensors.index.json`, in F32, BF16, F16 or F64, all widened to
+// fp32. Every expected tensor must be present once with its exact shape, and no other tensor may
+// be present; any deviation is a muon::FileError naming the tensor and the file.
+//
+//   moonlight::Config config = moonlight::Config::load(dir / "config.json");
+//   moonlight::Weights w = moonlight::Weights::load(dir, config);
+//   w.save(out_dir, config, {.dtype = moonlight::SaveDType::bf16, .max_shard_bytes = 5u << 30});
+#pragma once
+
+#include <bit>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unistd.h>
+#include <vector>
+
+#include "moonlight/config.hpp"
+#include "muon/error.hpp"
+#include "muon/io/safetensors.hpp"
+#include "muon/parameter.hpp"
+#include "muon/tensor.hpp"
+
+namespace moonlight {
+
+struct TensorSpec {
+  std::string name;   // Hugging Face name, e.g. "model.layers.3.mlp.experts.7.up_proj.weight"
+  muon::Shape shape;  // Hugging Face layout; linear weights are [out, in]
+  muon::Role role;
+  std::size_t offset = 0;  // in floats, into the flat buffer
+};
+
+// Every tensor of a DeepseekV3ForCausalLM checkpoint for `c`, in model order.
+inline std::vector<TensorSpec> tensor_layout(const Config& c) {
+  std::vector<TensorSpec> out;
+  const auto add = [&](std::string name, muon::Shape shape, muon::Role role) {
+    out.push_back({std::move(name), std::move(shape), role});
+  };
+  const auto add_mlp = [&](const std::string& prefix, std::int64_t width) {
+    add(prefix + "gate_proj.weight", {width, c.hidden_size}, muon::Role::matrix);
+    add(prefix + "up_proj.weight", {width, c.hidden_size}, muon::Role::matrix);
+    add(prefix + "down_proj.weight", {c.hidden_size, width}, muon::Role::matrix);
+  };
+  const std::int64_t heads = c.num_attention_heads;
+  add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, muon::Role::embedding);
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {c.hidden_size}, muon::Role::norm);
+    if (c.q_lora_rank) {
+      add(p + "self_attn.q_a_proj.weight", {*c.q_lora_rank, c.hidden_size}, muon::Role::matrix);
+      add(p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank}, muon::Role::norm);
+      add(p + "self_attn.q_b_proj.weight", {heads * c.qk_head_dim(), *c.q_lora_rank}, muon::Role::matrix);
+    } else {
+      add(p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), c.hidden_size}, muon::Role::matrix);
+    }
+    add(p + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size},
+        muon::Role::matrix);
+    add(p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, muon::Role::norm);
+    add(p + "self_attn.kv_b_proj.weight", {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+        muon::Role::matrix);
+    add(p + "self_attn.o_proj.weight", {c.hidden_size, heads * c.v_head_dim}, muon::Role::matrix);
+    add(p + "post_attention_layernorm.weight", {c.hidden_size}, muon::Role::norm);
+    if (c.is_moe_layer(l)) {
+      add(p + "mlp.gate.weight", {c.n_routed_experts, c.hidden_size}, muon::Role::matrix);
+      // Updated by the aux-loss-free balancing rule, not by gradients (MOONLIGHT.md §6).
+      add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, muon::Role::bias);
+      for (std::int64_t e = 0; e < c.n_routed_experts; ++e) {
+        add_mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+      }
+      if (c.n_shared_experts > 0) add_mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());
+    } else {
+      add_mlp(p + "mlp.", c.intermediate_size);
+    }
+  }
+  add("model.norm.weight", {c.hidden_size}, muon::Role::norm);
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, c.hidden_size}, muon::Role::head);
+  return out;
+}
+
+enum class SaveDType { f32, bf16 };
+
+struct SaveOptions {
+  SaveDType dtype = SaveDType::f32;
+  std::uint64_t max_shard_bytes = 5ull << 30;  // transformers' default shard size is 5 GB
+};
+
+// fp32 → bf16, round to nearest even (as torch's .to(torch.bfloat16)); NaN stays NaN.
+inline std::uint16_t float_to_bf16(float f) {
+  const auto bits = std::bit_cast<std::uint32_t>(f);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+class Weights {
+ public:
+  // All tensors of `c`, zero-filled.
+  explicit Weights(const Config& c) : specs_(tensor_layout(c)) {
+    std::size_t offset = 0;
+    for (TensorSpec& t : specs_) {
+      t.offset = offset;
+      // 16-float (64-byte) alignment of each tensor keeps vector loads aligned.
+      offset += (static_cast<std::size_t>(muon::numel(t.shape)) + 15) / 16 * 16;
+      index_.emplace(t.name, &t - specs_.data());
+    }
+    data_.assign(offset, 0.0f);
+  }
+
+  // Reads a Hugging Face checkpoint directory (see the header comment).
+  static Weights load(const std::filesystem::path& dir, const Config& c);
+
+  // Writes config.json and the tensors as a checkpoint transformers loads with from_pretrained:
+  // one model.safetensors, or model-0000i-of-0000n.safetensors shards plus
+  // model.safetensors.index.json when the tensors exceed max_shard_bytes. Each file is replaced
+  // atomically (written to a temp file, then renamed); the index and config come last.
+  void save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options = {}) const;
+
+  [[nodiscard]] const std::vector<TensorSpec>& tensors() const { return specs_; }
+  [[nodiscard]] std::span<float> data() { return data_; }
+  [[nodiscard]] std::span<const float> data() const { return data_; }
+  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
+
+  [[nodiscard]] const TensorSpec& spec(std::string_view name) const {
+    const auto it = index_.find(name);
+    if (it == index_.end()) throw muon::InvalidArgument("no tensor named '" + std::string(name) + "' in this model");
+    return specs_[it->second];
+  }
+  [[nodiscard]] std::span<float> values(std::string_view name) {
+    const TensorSpec& t = spec(name);
+    return {data_.data() + t.offset, static_cast<std::size_t>(muon::numel(t.shape))};
+  }
+  [[nodiscard]] std::span<const float> values(std::string_view name) const {
+    const TensorSpec& t = spec(name);
+    return {data_.data() + t.offset, static_cast<std::size_t>(muon::numel(t.shape))};
+  }
+
+  // The optimizer's view: each tensor's value here and its gradient at the same offset of
+  // `grads` (a buffer of data().size() floats that the caller owns).
+  [[nodiscard]] std::vector<muon::Parameter> parameter_table(std::span<const float> grads) {
+    if (grads.size() != data_.size()) {
+      throw muon::ShapeMismatch("gradient buffer has " + std::to_string(grads.size()) + " floats; the weights need " +
+                                std::to_string(data_.size()));
+    }
+    std::vector<muon::Parameter> table;
+    for (const TensorSpec& t : specs_) {
+      table.push_back({t.name, t.role, {data_.data() + t.offset, t.shape}, {grads.data() + t.offset, t.shape}});
+    }
+    return table;
+  }
+
+ private:
+  std::vector<TensorSpec> specs_;
+  std::map<std::string, std::size_t, std::less<>> index_;
+  std::vector<float> data_;
+};
+
+namespace detail {
+
+// Where each tensor of a checkpoint directory lives: the index's weight_map, or every tensor of
+// the single model.safetensors.
+struct CheckpointFiles {
+  std::map<std::string, muon::safetensors::File> files;  // by file name
+  std::map<std::string, std::string> file_of;           // tensor name → file name
+};
+
+inline CheckpointFiles open_checkpoint(const std::filesystem::path& dir) {
+  namespace st = muon::safetensors;
+  CheckpointFiles out;
+  const std::filesystem::path index_path = dir / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
+    nlohmann::json index;
+    try {
+      std::ifstream in(index_path);
+      index = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw muon::FileError("index file '" + index_path.string() + "' is not valid JSON: " + e.what());
+    }
+    const auto map = index.find("weight_map");
+    if (map == index.end() || !map->is_object()) {
+      throw muon::FileError("index file '" + index_path.string() + "' has no \"weight_map\" object");
+    }
+    for (const auto& [tensor, file] : map->items()) {
+      if (!file.is_string()) {
+        throw muon::FileError("index file '" + index_path.string() + "': tensor '" + tensor + "' maps to " +
+                              file.dump() + ", not a file name");
+      }
+      const auto& name = file.get_ref<const std::string&>();
+      // Shards must sit beside the index: no absolute paths, no "..".
+      if (std::filesystem::path(name).has_parent_path()) {
+        throw muon::FileError("index file '" + index_path.string() + "': tensor '" + tensor + "' maps to '" + name +
+                              "', which is not a file name in the same directory");
+      }
+      out.file_of.emplace(tensor, name);
+      if (!out.files.contains(name)) out.files.emplace(name, st::File::open(dir / name));
+    }
+    // A shard may hold tensors the index forgot: those are extra tensors too.
+    for (const auto& [name, file] : out.files) {
+      for (const std::string& tensor : file.names()) {
+        const auto it = out.file_of.find(tensor);
+        if (it == out.file_of.end()) {
+          throw muon::FileError("unexpected tensor '" + tensor + "' in '" + file.path().string() +
+                                "': it is not listed in '" + index_path.string() + "'");
+        }
+        if (it->second != name) {
+          throw muon::FileError("tensor '" + tensor + "' is in '" + file.path().string() + "' but '" +
+                                index_path.string() + "' places it in '" + it->second + "'");
+        }
+      }
+    }
+    return out;
+  }
+  const std::filesystem::path single = dir / "model.safetensors";
+  if (!std::filesystem::exists(single)) {
+    throw muon::FileError("checkpoint directory '" + dir.string() +
+                          "' has neither model.safetensors nor model.safetensors.index.json");
+  }
+  auto [it, inserted] = out.files.emplace("model.safetensors", st::File::open(single));
+  for (const std::string& tensor : it->second.names()) out.file_of.emplace(tensor, "model.safetensors");
+  return out;
+}
+
+// Writes `text` to `path` atomically (temp file in the same directory, then rename).
+inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
+  const std::filesystem::path temp = path.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw muon::FileError("cannot write '" + temp.string() + "'");
+  }
+  std::error_code ec;
+  std::filesystem::rename(temp, path, ec);
+  if (ec) {
+    std::filesystem::remove(temp);
+    throw muon::FileError("cannot rename '" + temp.string() + "' to '" + path.string() + "': " + ec.message());
+  }
+}
+
+}  // namespace detail
+
+inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) {
+  namespace st = muon::safetensors;
+  Weights w(c);
+  detail::CheckpointFiles ckpt = detail::open_checkpoint(dir);
+  for (const auto& [tensor, file_name] : ckpt.file_of) {
+    if (!w.contains(tensor)) {
+      throw muon::FileError("unexpected tensor '" + tensor + "' in '" + (dir / file_name).string() +
+                            "': the config implies no such tensor (check num_hidden_layers, n_routed_experts, "
+                            "q_lora_rank, first_k_dense_replace, tie_word_embeddings)");
+    }
+  }
+  for (const TensorSpec& t : w.specs_) {
+    const auto where = ckpt.file_of.find(t.name);
+    if (where == ckpt.file_of.end()) {
+      throw muon::FileError("tensor '" + t.name + "' is missing from checkpoint '" + dir.string() + "'");
+    }
+    const st::File& file = ckpt.files.at(where->second);
+    if (!file.contains(t.name)) {
+      throw muon::FileError("tensor '" + t.name + "' is missing from '" + file.path().string() +
+                            "', where model.safetensors.index.json places it");
+    }
+    const st::TensorInfo& info = file.info(t.name);
+    if (info.shape != t.shape) {
+      throw muon::FileError("tensor '" + t.name + "' in '" + file.path().string() + "' has shape " +
+                            muon::to_string(info.shape) + "; the config implies " + muon::to_string(t.shape));
+    }
+    const st::DType dt = info.dtype;
+    if (dt != st::DType::F32 && dt != st::DType::BF16 && dt != st::DType::F16 && dt != st::DType::F64) {
+      throw muon::FileError("tensor '" + t.name + "' in '" + file.path().string() + "' has dtype " +
+                            std::string(st::dtype_name(dt)) + "; weights must be F32, BF16, F16 or F64");
+    }
+    const std::vector<float> values = file.to_float(t.name);
+    std::copy(values.begin(), values.end(), w.data_.begin() + static_cast<std::ptrdiff_t>(t.offset));
+  }
+  return w;
+}
+
+inline void Weights::save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options) const {
+  namespace st = muon::safetensors;
+  std::filesystem::create_directories(dir);
+  const bool bf16 = options.dtype == SaveDType::bf16;
+  const std::size_t element_bytes = bf16 ? 2 : 4;
+
+  // Split the tensors, in layout order, into shards of at most max_shard_bytes (a tensor larger
+  // than that gets a shard of its own, as in transformers).
+  std::vector<std::vector<const TensorSpec*>> shards(1);
+  std::uint64_t shard_bytes = 0, total_bytes = 0;
+  for (const TensorSpec& t : specs_) {
+    const std::uint64_t bytes = static_cast<std::uint64_t>(muon::numel(t.shape)) * element_bytes;
+    if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(&t);
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+
+  const auto shard_name = [&](std::size_t i) {
+    if (shards.size() == 1) return std::string("model.safetensors");
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    return std::string(buf);
+  };
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    std::vector<std::vector<std::uint16_t>> converted;  // keeps bf16 copies alive until written
+    std::vector<st::TensorToWrite> tensors;
+    for (const TensorSpec* t : shards[i]) {
+      const std::span<const float> v = values(t->name);
+      std::span<const std::byte> bytes = std::as_bytes(v);
+      if (bf16) {
+        std::vector<std::uint16_t>& out = converted.emplace_back(v.size());
+        for (std::size_t k = 0; k < v.size(); ++k) out[k] = float_to_bf16(v[k]);
+        bytes = std::as_bytes(std::span<const std::uint16_t>(out));
+      }
+      tensors.push_back({t->name, bf16 ? st::DType::BF16 : st::DType::F32, t->shape, bytes});
+      weight_map[t->name] = shard_name(i);
+    }
+    // transformers refuses safetensors files whose metadata lacks format "pt".
+    st::write(dir / shard_name(i), tensors, {{"format", "pt"}});
+  }
+  const std::filesystem::path index_path = dir / "model.safetensors.index.json";
+  if (shards.size() > 1) {
+    const nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    detail::write_text_atomically(index_path, index.dump(2) + "\n");
+  } else {
+    // A stale index from an earlier sharded save would shadow the new single file.
+    std::filesystem::remove(index_path);
+  }
+  nlohmann::json config = c.json;
+  // Both names: transformers ≥ 4.56 reads "dtype", older versions "torch_dtype".
+  config["torch_dtype"] = config["dtype"] = bf16 ? "bfloat16" : "float32";
+  detail::write_text_atomically(dir / "config.json", config.dump(2) + "\n");
+}
+
+}  // namespace moonlight
