@@ -72,12 +72,25 @@ concept LimitsNsBatch = requires(const B& b, std::int64_t n) {
 };
 
 // Optional backend capability: a backend that runs a whole Newton–Schulz itself (CudaBackend's
-// bf16 path keeps X, A and B in bf16 and folds the epilogues into its GEMMs) returns true from
-// newton_schulz(x, options); false leaves the stack to the portable path.
+// bf16 path keeps X, A and B in bf16 and folds the epilogues into its GEMMs) says which shapes
+// and options it takes (takes_newton_schulz) and runs them (newton_schulz); the others go down
+// the portable path.
 template <class B>
-concept RunsNewtonSchulz = requires(B& b, MatrixStack<float> x, const NsOptions& o) {
-  { b.newton_schulz(x, o) } -> std::same_as<bool>;
+concept RunsNewtonSchulz = requires(B& b, const B& cb, MatrixStack<float> x, const NsOptions& o, std::int64_t n) {
+  { cb.takes_newton_schulz(n, n, o) } -> std::same_as<bool>;
+  b.newton_schulz(x, o);
 };
+
+// Whether `backend` runs Newton–Schulz on rows×cols stacks itself (then the portable path's
+// workspace is never allocated: for a layer's experts it is gigabytes).
+template <Backend B>
+[[nodiscard]] bool backend_takes_newton_schulz(const B& backend, std::int64_t rows, std::int64_t cols,
+                                               const NsOptions& options) {
+  if constexpr (RunsNewtonSchulz<B>)
+    return backend.takes_newton_schulz(rows, cols, options);
+  else
+    return false;
+}
 
 template <Backend B>
 [[nodiscard]] std::int64_t ns_chunk(const B& backend, MatrixStack<const float> x) {
@@ -94,19 +107,27 @@ struct NsWorkspace {
       : small_side(std::min(x.rows, x.cols)),
         chunk(ns_chunk(backend, x)),
         rows(x.rows),
-        cols(x.cols),
-        gram(backend.allocate(chunk * small_side * small_side)),
-        poly(backend.allocate(chunk * small_side * small_side)),
-        identity(backend.allocate(chunk * small_side * small_side)),
-        next(backend.allocate(chunk * x.rows * x.cols)) {
-    std::vector<float> eye(static_cast<std::size_t>(chunk * small_side * small_side), 0.0f);
-    for (std::int64_t k = 0; k < chunk; ++k)
-      for (std::int64_t i = 0; i < small_side; ++i) eye[static_cast<std::size_t>((k * small_side + i) * small_side + i)] = 1.0f;
-    backend.from_host(eye, identity.span());
+        cols(x.cols) {
+    if (backend_takes_newton_schulz(backend, rows, cols, options)) return;
+    allocate_portable(backend);
     if (uses_gram_ns(options, rows, cols)) allocate_gram_factors(backend);
   }
   NsWorkspace(B& backend, MatrixStack<float> x, const NsOptions& options = {})
       : NsWorkspace(backend, x.as_const(), options) {}
+
+  // The portable path's buffers, made here unless the backend took the shape at construction.
+  void allocate_portable(B& backend) {
+    if (portable) return;
+    gram = backend.allocate(chunk * small_side * small_side);
+    poly = backend.allocate(chunk * small_side * small_side);
+    identity = backend.allocate(chunk * small_side * small_side);
+    next = backend.allocate(chunk * rows * cols);
+    std::vector<float> eye(static_cast<std::size_t>(chunk * small_side * small_side), 0.0f);
+    for (std::int64_t k = 0; k < chunk; ++k)
+      for (std::int64_t i = 0; i < small_side; ++i) eye[static_cast<std::size_t>((k * small_side + i) * small_side + i)] = 1.0f;
+    backend.from_host(eye, identity.span());
+    portable = true;
+  }
 
   // Gram NS's two extra n×n buffers, made here unless options chose Gram NS after construction.
   void allocate_gram_factors(B& backend) {
@@ -117,6 +138,7 @@ struct NsWorkspace {
   }
 
   std::int64_t small_side, chunk, rows, cols;
+  bool portable = false;
   typename B::Buffer gram;      // A = X·Xᵀ (Gram NS: R)
   typename B::Buffer poly;      // B = b·A + c·A² + a·I
   typename B::Buffer identity;  // I, to add a·I with an n×n pass rather than an n×m one
@@ -244,9 +266,11 @@ void orthogonalize(B& backend, MatrixStack<float> x, const NsOptions& options, N
   validate(options);
   if (ws.rows != x.rows || ws.cols != x.cols || ws.chunk != ns_chunk(backend, x.as_const()))
     throw InvalidArgument("orthogonalize: the workspace was made for another stack shape");
-  if constexpr (RunsNewtonSchulz<B>) {
-    if (backend.newton_schulz(x, options)) return;
+  if (backend_takes_newton_schulz(backend, x.rows, x.cols, options)) {
+    if constexpr (RunsNewtonSchulz<B>) backend.newton_schulz(x, options);
+    return;
   }
+  ws.allocate_portable(backend);
   for (std::int64_t k = 0; k < x.batch; k += ws.chunk)
     internal::orthogonalize_chunk(backend, MatrixStack<float>{x.matrix(k), std::min(ws.chunk, x.batch - k), x.rows, x.cols},
                                   options, ws);

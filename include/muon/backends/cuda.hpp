@@ -355,12 +355,13 @@ class CudaBackend {
   // iterate on Xᵀ·X and multiply from the right, with no transposition. Returns false, doing
   // nothing, in fp32 precision and for the shapes `options` sends to Gram Newton–Schulz: the
   // portable path runs those. Stacks run in chunks of ns_batch_limit matrices.
-  [[nodiscard]] bool newton_schulz(MatrixStack<float> x, const NsOptions& o) {
-    if (options_.ns_precision != NsPrecision::bf16 || uses_gram_ns(o, x.rows, x.cols)) return false;
+  [[nodiscard]] bool takes_newton_schulz(std::int64_t rows, std::int64_t cols, const NsOptions& o) const {
+    return options_.ns_precision == NsPrecision::bf16 && !uses_gram_ns(o, rows, cols);
+  }
+  void newton_schulz(MatrixStack<float> x, const NsOptions& o) {
     const std::int64_t chunk = ns_batch_limit(x.rows, x.cols);
     for (std::int64_t k = 0; k < x.batch; k += chunk)
       newton_schulz_chunk(MatrixStack<float>{x.matrix(k), std::min(chunk, x.batch - k), x.rows, x.cols}, o);
-    return true;
   }
 
   // Optional capability (muon/orthogonalize.hpp, LimitsNsBatch): the matrices per batched call,
