@@ -20,42 +20,16 @@
 #include <string_view>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 namespace st = muon::safetensors;
 namespace fs = std::filesystem;
 
 namespace {
 
 // A fresh directory under the system temp directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("muon_safetensors_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-
-  fs::path operator/(std::string_view name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_)) {
-      names.push_back(e.path().filename().string());
-    }
-    std::ranges::sort(names);
-    return names;
-  }
-
- private:
-  fs::path path_;
+struct TempDir : muon::test::TempDir {
+  TempDir() : muon::test::TempDir("muon_safetensors") {}
 };
 
 std::string read_file(const fs::path& path) {

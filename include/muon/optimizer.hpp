@@ -18,6 +18,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -45,6 +46,36 @@ struct StepReport {
   double lr = 0.0;             // base lr times the schedule factor
   bool skipped = false;        // a non-finite gradient was skipped (OnNonFinite::skip)
 };
+
+// How every step begins (here and in dist/zero1.hpp), before anything changes: a non-finite
+// gradient is rejected (NonFiniteGradient) or skipped and counted; otherwise the step counts,
+// and the report gets the norm, torch's clip factor and the scheduled lr. `note` ends the error.
+inline StepReport begin_step(const GradientCheck& check, const Options& options, std::int64_t& step,
+                             std::int64_t& skipped, std::string_view note = "") {
+  StepReport report;
+  if (check.non_finite) {
+    if (options.on_non_finite == OnNonFinite::skip) {
+      ++skipped;
+      report.step = step;
+      report.skipped = true;
+      return report;
+    }
+    throw NonFiniteGradient(*check.non_finite, "gradient of parameter '" + *check.non_finite +
+                                                   "' holds NaN or Inf; the step was rejected and nothing changed" +
+                                                   std::string(note) +
+                                                   " (set Options.on_non_finite = skip to skip such steps)");
+  }
+  report.grad_norm = std::sqrt(check.sum_squares);
+  if (options.max_grad_norm > 0.0) {
+    // torch.nn.utils.clip_grad_norm_'s factor, so clipped runs match PyTorch's.
+    const double coef = options.max_grad_norm / (report.grad_norm + 1e-6);
+    if (coef < 1.0) report.grad_scale = coef;
+  }
+  report.lr = options.lr * lr_factor(options.schedule, step);
+  ++step;
+  report.step = step;
+  return report;
+}
 
 template <class B>
 class Optimizer {
@@ -84,28 +115,9 @@ class Optimizer {
   // The step, given what check_gradients() just found on these same gradients (a caller that
   // checks several optimizers before stepping any, like the LibTorch adapter, reads them once).
   StepReport step(const GradientCheck& check) {
-    StepReport report;
-    if (check.non_finite) {
-      if (options_.on_non_finite == OnNonFinite::skip) {
-        ++skipped_;
-        report.step = step_;
-        report.skipped = true;
-        return report;
-      }
-      throw NonFiniteGradient(*check.non_finite, "gradient of parameter '" + *check.non_finite +
-                                                     "' holds NaN or Inf; the step was rejected and nothing "
-                                                     "changed (set Options.on_non_finite = skip to skip such steps)");
-    }
-    report.grad_norm = std::sqrt(check.sum_squares);
-    if (options_.max_grad_norm > 0.0) {
-      // torch.nn.utils.clip_grad_norm_'s factor, so clipped runs match PyTorch's.
-      const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);
-      if (coef < 1.0) report.grad_scale = coef;
-    }
-    const double factor = lr_factor(options_.schedule, step_);
-    report.lr = options_.lr * factor;
-    ++step_;
-    report.step = step_;
+    StepReport report = begin_step(check, options_, step_, skipped_);
+    if (report.skipped) return report;
+    const double factor = lr_factor(options_.schedule, step_ - 1);
 
     const auto scale = static_cast<float>(report.grad_scale);
     const auto muon_lr = static_cast<float>(options_.muon_group.lr.value_or(options_.lr) * factor);

@@ -26,6 +26,7 @@
 #include "moonlight/pretokenizer.hpp"
 #include "moonlight/tiktoken_file.hpp"
 #include "moonlight/tokenizer.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using moonlight::Tokenizer;
@@ -63,26 +64,8 @@ std::string case_text(const nlohmann::json& c) {
 }
 
 // A fresh directory under the system temp directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("moonlight_tokenizer_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  fs::path operator/(std::string_view name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
+struct TempDir : muon::test::TempDir {
+  TempDir() : muon::test::TempDir("moonlight_tokenizer") {}
 };
 
 void write_text(const fs::path& path, std::string_view text) {

@@ -100,27 +100,8 @@ class ZeroOptimizer {
     }
     const GradientCheck check = check_owned_gradients();
 
-    StepReport report;
-    if (check.non_finite) {
-      if (options_.on_non_finite == OnNonFinite::skip) {
-        ++skipped_;
-        report.step = step_;
-        report.skipped = true;
-        return report;
-      }
-      throw NonFiniteGradient(*check.non_finite,
-                              "gradient of parameter '" + *check.non_finite +
-                                  "' holds NaN or Inf on some rank; the step was rejected on every rank and nothing "
-                                  "changed (set Options.on_non_finite = skip to skip such steps)");
-    }
-    report.grad_norm = std::sqrt(check.sum_squares);
-    if (options_.max_grad_norm > 0.0) {
-      const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);  // torch's clip factor
-      if (coef < 1.0) report.grad_scale = coef;
-    }
-    report.lr = options_.lr * lr_factor(options_.schedule, step_);
-    ++step_;
-    report.step = step_;
+    const StepReport report = begin_step(check, options_, step_, skipped_, " on any rank (every rank rejected it)");
+    if (report.skipped) return report;
 
     std::vector<typename C::Request> gathers;
     for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
