@@ -100,7 +100,8 @@ class ZeroOptimizer {
     }
     const GradientCheck check = check_owned_gradients();
 
-    const StepReport report = begin_step(check, options_, step_, skipped_, " on any rank (every rank rejected it)");
+    const StepReport report = begin_step(check, options_, step_, skipped_,
+                                         ", on every rank (the NaN or Inf may be in any rank's gradient)");
     if (report.skipped) return report;
 
     std::vector<typename C::Request> gathers;
@@ -195,13 +196,8 @@ class ZeroOptimizer {
       }
     });
     // A copy per node must be the same file: the step counts and options must agree.
-    const std::int64_t mine[] = {state.step, state.skipped_steps, hash(to_json(state.options).dump())};
-    std::int64_t lo[3], hi[3];
-    std::copy(std::begin(mine), std::end(mine), lo);
-    std::copy(std::begin(mine), std::end(mine), hi);
-    comm_.all_reduce(std::span<std::int64_t>(lo), ReduceOp::min);
-    comm_.all_reduce(std::span<std::int64_t>(hi), ReduceOp::max);
-    if (!std::equal(std::begin(lo), std::end(lo), std::begin(hi)))
+    const std::int64_t read[] = {state.step, state.skipped_steps, hash(to_json(state.options).dump())};
+    if (first_difference(read))
       throw StateMismatch("optimizer state '" + path.string() +
                           "': the ranks read different step counts or options; every rank must read the same file");
     for (std::size_t b = 0; b < owners_.size(); ++b)
@@ -262,32 +258,35 @@ class ZeroOptimizer {
   void check_ranks_agree(const ZeroOptions& zero) {
     std::int64_t table = hash("table");
     for (const Parameter& p : params_) table = hash(std::to_string(hash_parameter(p)), std::bit_cast<std::uint64_t>(table));
-    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table, hash(to_json(options_).dump() + "|" + std::to_string(zero.bucket_elements))};
-    std::int64_t lo[3], hi[3];
-    std::copy(std::begin(mine), std::end(mine), lo);
-    std::copy(std::begin(mine), std::end(mine), hi);
-    comm_.all_reduce(std::span<std::int64_t>(lo), ReduceOp::min);
-    comm_.all_reduce(std::span<std::int64_t>(hi), ReduceOp::max);
+    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table,
+                                 hash(to_json(options_).dump() + "|" + std::to_string(zero.bucket_elements))};
+    const auto differs = first_difference(mine);
+    if (!differs) return;
     const std::string where = " (this is rank " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) +
                               "); every rank must build the same parameter table, in the same order, with the same options";
-    if (lo[0] != hi[0])
-      throw InvalidArgument("parameter tables differ between ranks: they have between " + std::to_string(lo[0]) +
-                            " and " + std::to_string(hi[0]) + " parameters, this rank " + std::to_string(mine[0]) + where);
-    if (lo[1] != hi[1]) {
-      std::vector<std::int64_t> each_lo, each_hi;
-      for (const Parameter& p : params_) each_lo.push_back(hash_parameter(p));
-      each_hi = each_lo;
-      comm_.all_reduce(std::span<std::int64_t>(each_lo), ReduceOp::min);
-      comm_.all_reduce(std::span<std::int64_t>(each_hi), ReduceOp::max);
-      std::size_t i = 0;
-      while (i + 1 < params_.size() && each_lo[i] == each_hi[i]) ++i;
-      const Parameter& p = params_[i];
-      throw InvalidArgument("parameter tables differ between ranks at entry " + std::to_string(i) + ": here it is '" +
-                            p.name + "' with shape " + to_string(p.value.shape) + ", rule " +
-                            (route(p) == Rule::muon ? "muon" : "adamw") + where);
-    }
-    if (lo[2] != hi[2]) throw InvalidArgument("Options or ZeroOptions differ between ranks" + where);
+    if (*differs == 0)
+      throw InvalidArgument("parameter tables differ between ranks in length: this rank has " +
+                            std::to_string(params_.size()) + " parameters" + where);
+    if (*differs == 2) throw InvalidArgument("Options or ZeroOptions differ between ranks" + where);
+    std::vector<std::int64_t> each;
+    for (const Parameter& p : params_) each.push_back(hash_parameter(p));
+    const std::size_t i = first_difference(each).value_or(0);
+    const Parameter& p = params_[i];
+    throw InvalidArgument("parameter tables differ between ranks at entry " + std::to_string(i) + ": here it is '" +
+                          p.name + "' with shape " + to_string(p.value.shape) + ", rule " +
+                          (route(p) == Rule::muon ? "muon" : "adamw") + where);
   }
+
+  // The first position at which the ranks' values differ (every rank passes as many).
+  std::optional<std::size_t> first_difference(std::span<const std::int64_t> mine) {
+    std::vector<std::int64_t> lo(mine.begin(), mine.end()), hi = lo;
+    comm_.all_reduce(std::span<std::int64_t>(lo), ReduceOp::min);
+    comm_.all_reduce(std::span<std::int64_t>(hi), ReduceOp::max);
+    for (std::size_t i = 0; i < lo.size(); ++i)
+      if (lo[i] != hi[i]) return i;
+    return std::nullopt;
+  }
+
 
   static std::vector<const char*> state_kinds(Rule rule) {
     if (rule == Rule::muon) return {"momentum"};
