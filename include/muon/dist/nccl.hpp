@@ -62,13 +62,16 @@ inline ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
-// Runs `enqueue` between ncclGroupStart and ncclGroupEnd, so that its calls become one launch.
-// `enqueue` returns the first failing result (or ncclSuccess); the group is closed either way, so
-// an error never leaves a group open, and it is thrown only after.
+// One call per rank with a non-empty block, `call(root, offset, count)`, between ncclGroupStart
+// and ncclGroupEnd, so that they become one launch. The group is closed even when a call fails,
+// and the first failure is thrown only after.
 template <class F>
-void nccl_group(F&& enqueue, const char* what) {
+void per_root_group(std::span<const std::int64_t> counts, std::span<const std::size_t> displacements, F&& call,
+                    const char* what) {
   check_nccl(ncclGroupStart(), "ncclGroupStart");
-  const ncclResult_t enqueued = enqueue();
+  ncclResult_t enqueued = ncclSuccess;
+  for (std::size_t r = 0; r < counts.size() && enqueued == ncclSuccess; ++r)
+    if (counts[r] != 0) enqueued = call(static_cast<int>(r), displacements[r], static_cast<std::size_t>(counts[r]));
   const ncclResult_t ended = ncclGroupEnd();
   check_nccl(enqueued, what);
   check_nccl(ended, "ncclGroupEnd");
@@ -125,17 +128,11 @@ class NcclCommunicator {
                          "ncclReduceScatter");
       return {};
     }
-    detail::nccl_group(
-        [&] {
-          for (int r = 0; r < size_; ++r) {
-            const auto k = static_cast<std::size_t>(r);
-            if (counts[k] == 0) continue;
-            const ncclResult_t result =
-                ncclReduce(send.data() + displacements[k], r == rank_ ? recv.data() : nullptr,
-                           static_cast<std::size_t>(counts[k]), ncclFloat32, detail::nccl_op(op), r, native(), stream_);
-            if (result != ncclSuccess) return result;
-          }
-          return ncclSuccess;
+    detail::per_root_group(
+        counts, displacements,
+        [&](int root, std::size_t offset, std::size_t count) {
+          return ncclReduce(send.data() + offset, root == rank_ ? recv.data() : nullptr, count, ncclFloat32,
+                            detail::nccl_op(op), root, native(), stream_);
         },
         "ncclReduce");
     return {};
@@ -149,17 +146,11 @@ class NcclCommunicator {
                          "ncclAllGather");
       return {};
     }
-    detail::nccl_group(
-        [&] {
-          for (int r = 0; r < size_; ++r) {
-            const auto k = static_cast<std::size_t>(r);
-            if (counts[k] == 0) continue;
-            const ncclResult_t result =
-                ncclBroadcast(r == rank_ ? send.data() : nullptr, recv.data() + displacements[k],
-                              static_cast<std::size_t>(counts[k]), ncclFloat32, r, native(), stream_);
-            if (result != ncclSuccess) return result;
-          }
-          return ncclSuccess;
+    detail::per_root_group(
+        counts, displacements,
+        [&](int root, std::size_t offset, std::size_t count) {
+          return ncclBroadcast(root == rank_ ? send.data() : nullptr, recv.data() + offset, count, ncclFloat32, root,
+                               native(), stream_);
         },
         "ncclBroadcast");
     return {};
