@@ -158,3 +158,44 @@ TEST_CASE("finite differences also hold with tied embeddings and unnormalised to
   const Batch batch = short_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
   check_finite_differences(c, layout, widened(layout.data()), batch);
 }
+
+TEST_CASE("the aux-loss-free rule raises underloaded experts' bias, lowers overloaded ones', keeps the sum") {
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  const moonlight::Config& c = model.config();
+  const Batch batch = fixture_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
+  std::vector<float> grads(model.weights().data().size(), 0.0f);
+  moonlight::ExpertLoad load;
+  moonlight::loss_and_gradients(model, batch.inputs, batch.targets, grads, &load);
+  moonlight::loss_and_gradients(model, batch.inputs, batch.targets, grads, &load);  // counts accumulate
+  REQUIRE(load.tokens.size() == static_cast<std::size_t>(c.num_hidden_layers));
+  CHECK(load.tokens[0].empty());  // the dense first layer
+  for (std::int64_t l = 1; l < c.num_hidden_layers; ++l) {
+    const auto& row = load.tokens[static_cast<std::size_t>(l)];
+    std::int64_t total = 0;
+    for (const std::int64_t n : row) total += n;
+    CHECK(total == 2 * static_cast<std::int64_t>(batch.inputs.size()) * c.num_experts_per_tok);
+  }
+
+  // A hand-made load on layer 1: experts 0–1 over the mean (4), 2–3 at it, 4–7 under.
+  load.tokens[1] = {10, 6, 4, 4, 3, 3, 2, 0};
+  moonlight::Weights weights = moonlight::Weights(c);
+  std::copy(model.weights().data().begin(), model.weights().data().end(), weights.data().begin());
+  const std::string name = "model.layers.1.mlp.gate.e_score_correction_bias";
+  const std::vector<float> before(weights.values(name).begin(), weights.values(name).end());
+  moonlight::update_expert_bias(weights, c, load, 1e-3);
+  const auto after = weights.values(name);
+  // signs of mean − c: −1 −1 0 0 +1 +1 +1 +1, mean 0.25 → steps u·(sign − 0.25).
+  const std::vector<double> step{-1.25e-3, -1.25e-3, -0.25e-3, -0.25e-3, 0.75e-3, 0.75e-3, 0.75e-3, 0.75e-3};
+  double sum_before = 0.0, sum_after = 0.0;
+  for (std::size_t e = 0; e < step.size(); ++e) {
+    CAPTURE(e);
+    // fp32 bias of magnitude ~0.1: one rounding (~1e-8) on steps ≥ 2.5e-4, i.e. ≤ 1e-4 relative.
+    CHECK(after[e] - before[e] == doctest::Approx(step[e]).epsilon(1e-3));
+    sum_before += before[e];
+    sum_after += after[e];
+  }
+  CHECK(sum_after == doctest::Approx(sum_before).epsilon(1e-6));
+
+  moonlight::ExpertLoad missing;
+  CHECK_THROWS_AS(moonlight::update_expert_bias(weights, c, missing, 1e-3), muon::ShapeMismatch);
+}

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "moonlight/balancing.hpp"
 #include "moonlight/config.hpp"
 #include "moonlight/model.hpp"
 #include "moonlight/weights.hpp"
@@ -413,9 +414,12 @@ struct Moe {
 // Mean cross-entropy of the model's next-token logits for `inputs` (positions 0..T-1) against
 // `targets` (T ids: targets[t] is the token after inputs[t]), and d loss / d weights added into
 // `grads`. `layout` gives each tensor's offset; `values` and `grads` are buffers of its size.
+// With `load`, the tokens routed to each expert are added to load->tokens[layer][expert] (sized
+// here on first use; dense layers keep an empty row), for the balancing rule of balancing.hpp.
 template <class S>
 S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> values,
-                     std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, std::span<S> grads) {
+                     std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, std::span<S> grads,
+                     ExpertLoad* load = nullptr) {
   using train::Mat;
   const auto T = static_cast<std::int64_t>(inputs.size());
   if (T == 0) throw muon::InvalidArgument("loss_and_gradients needs at least one input token");
@@ -450,6 +454,12 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
       moe[l].c = &c;
       moe[l].L = &L;
       h += moe[l].forward(hn);
+      if (load) {
+        load->tokens.resize(net.layers.size());
+        auto& row = load->tokens[l];
+        row.resize(static_cast<std::size_t>(c.n_routed_experts), 0);
+        for (std::size_t e = 0; e < row.size(); ++e) row[e] += static_cast<std::int64_t>(moe[l].tokens_of[e].size());
+      }
     } else {
       h += L.dense.forward(hn);
     }
@@ -485,8 +495,10 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
 
 // The fp32 training entry point on a loaded model's weights.
 inline float loss_and_gradients(const Model& model, std::span<const std::int32_t> inputs,
-                                std::span<const std::int32_t> targets, std::span<float> grads) {
-  return loss_and_gradients<float>(model.config(), model.weights(), model.weights().data(), inputs, targets, grads);
+                                std::span<const std::int32_t> targets, std::span<float> grads,
+                                ExpertLoad* load = nullptr) {
+  return loss_and_gradients<float>(model.config(), model.weights(), model.weights().data(), inputs, targets, grads,
+                                   load);
 }
 
 }  // namespace moonlight
