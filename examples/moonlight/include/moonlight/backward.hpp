@@ -191,7 +191,9 @@ Net<S> bind(const Config& c, const Weights& layout, std::span<const S> values, s
     if (L.moe) {
       L.router = t(p + "mlp.gate.weight");
       L.router_bias = t(p + "mlp.gate.e_score_correction_bias");
-      for (std::int64_t e = 0; e < c.n_routed_experts; ++e) L.experts.push_back(mlp(p + "mlp.experts." + std::to_string(e) + "."));
+      for (std::int64_t e = 0; e < c.n_routed_experts; ++e) {
+        L.experts.push_back(mlp(p + "mlp.experts." + std::to_string(e) + "."));
+      }
       if (c.n_shared_experts > 0) L.shared = mlp(p + "mlp.shared_experts.");
     } else {
       L.dense = mlp(p + "mlp.");
@@ -199,7 +201,8 @@ Net<S> bind(const Config& c, const Weights& layout, std::span<const S> values, s
   }
   const std::int64_t d = c.qk_rope_head_dim;
   for (std::int64_t i = 0; i < d; i += 2) {
-    net.inv_freq.push_back(1.0f / std::pow(static_cast<float>(c.rope_theta), static_cast<float>(i) / static_cast<float>(d)));
+    const float exponent = static_cast<float>(i) / static_cast<float>(d);
+    net.inv_freq.push_back(1.0f / std::pow(static_cast<float>(c.rope_theta), exponent));
   }
   return net;
 }
@@ -339,9 +342,10 @@ struct Moe {
           group_score[g] = members[0] + members[1];
         }
         std::iota(groups.begin(), groups.end(), 0);
-        std::partial_sort(groups.begin(), groups.begin() + c->topk_group, groups.end(), [&](std::int64_t a, std::int64_t b) {
+        const auto by_score = [&](std::int64_t a, std::int64_t b) {
           return group_score[a] > group_score[b] || (group_score[a] == group_score[b] && a < b);
-        });
+        };
+        std::partial_sort(groups.begin(), groups.begin() + c->topk_group, groups.end(), by_score);
         std::vector<bool> keep(group_score.size(), false);
         for (std::int64_t i = 0; i < c->topk_group; ++i) keep[groups[i]] = true;
         for (std::int64_t e = 0; e < E; ++e) {
@@ -368,7 +372,9 @@ struct Moe {
       Mat<S> xe(static_cast<std::int64_t>(list.size()), c->hidden_size);
       for (std::size_t i = 0; i < list.size(); ++i) xe.row(static_cast<std::int64_t>(i)) = x.row(list[i]);
       expert_out[e] = L->experts[e].forward(xe);
-      for (std::size_t i = 0; i < list.size(); ++i) y.row(list[i]) += weight(list[i], e) * expert_out[e].row(static_cast<std::int64_t>(i));
+      for (std::size_t i = 0; i < list.size(); ++i) {
+        y.row(list[i]) += weight(list[i], e) * expert_out[e].row(static_cast<std::int64_t>(i));
+      }
     }
     if (c->n_shared_experts > 0) y += L->shared.forward(x);
     return y;
@@ -424,8 +430,8 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
   const auto T = static_cast<std::int64_t>(inputs.size());
   if (T == 0) throw muon::InvalidArgument("loss_and_gradients needs at least one input token");
   if (targets.size() != inputs.size()) {
-    throw muon::ShapeMismatch("targets has " + std::to_string(targets.size()) + " ids; inputs has " + std::to_string(T) +
-                              " (one target per input)");
+    throw muon::ShapeMismatch("targets has " + std::to_string(targets.size()) + " ids; inputs has " +
+                              std::to_string(T) + " (one target per input)");
   }
   for (const auto ids : {inputs, targets}) {
     for (std::size_t t = 0; t < ids.size(); ++t) {
