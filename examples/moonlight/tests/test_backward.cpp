@@ -1,0 +1,201 @@
+// The training forward/backward pass (moonlight/backward.hpp): whole-model gradients against
+// PyTorch autograd on transformers' DeepseekV3ForCausalLM (fixtures written by
+// tests/reference/make_moonlight_grad_fixtures.py), and finite differences in fp64.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "fixtures.hpp"
+#include "moonlight/backward.hpp"
+#include "moonlight/model.hpp"
+#include "muon/io/safetensors.hpp"
+
+namespace st = muon::safetensors;
+using moonlight::Model;
+using moonlight::test::fixture;
+
+namespace {
+
+struct Batch {
+  std::vector<std::int32_t> inputs, targets;
+};
+
+Batch fixture_batch(const st::File& ref) {
+  const std::vector<std::int32_t> ids = moonlight::test::read_ids(ref, "ids");
+  return {{ids.begin(), ids.end() - 1}, {ids.begin() + 1, ids.end()}};
+}
+
+}  // namespace
+
+TEST_CASE("loss and every gradient match PyTorch autograd on transformers' model") {
+  for (const char* name : {"tiny_moonlight", "tiny_qlora_groups"}) {
+    CAPTURE(name);
+    const Model model = Model::load(fixture(name));
+    const st::File ref = st::File::open(fixture(name) / "gradients.safetensors");
+    const Batch batch = fixture_batch(ref);
+    std::vector<float> grads(model.weights().data().size(), 0.0f);
+    const float loss = moonlight::loss_and_gradients(model, batch.inputs, batch.targets, grads);
+    // fp32 sums in a different order than torch's: 1e-5 relative on a loss of ~6.
+    CHECK(loss == doctest::Approx(ref.to_float("loss")[0]).epsilon(1e-5));
+
+    std::size_t compared = 0;
+    for (const moonlight::TensorSpec& t : model.weights().tensors()) {
+      CAPTURE(t.name);
+      const float* g = grads.data() + t.offset;
+      const auto n = static_cast<std::size_t>(muon::numel(t.shape));
+      if (t.name.ends_with("e_score_correction_bias")) {
+        // A buffer in transformers; moved by the balancing rule, never by gradients.
+        CHECK(std::all_of(g, g + n, [](float v) { return v == 0.0f; }));
+        continue;
+      }
+      const std::vector<float> expected = ref.to_float("grad/" + t.name);
+      REQUIRE(expected.size() == n);
+      double err = 0.0, scale = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        err = std::max(err, std::abs(double{g[i]} - double{expected[i]}));
+        scale = std::max(scale, std::abs(double{expected[i]}));
+      }
+      // Max error relative to the tensor's largest gradient. Measured ≤ 3.2e-6 over all tensors of
+      // both models (fp32 round-off in a different summation order than torch's, through 3–4
+      // layers and the 1e-3-scaled latent norms of tiny_qlora_groups); a wrong or missing term in
+      // any layer's backward is O(1e-2) or more.
+      CHECK(err <= 2e-5 * scale);
+      ++compared;
+    }
+    CHECK(compared == ref.names().size() - 2);  // every parameter gradient but ids and loss
+  }
+}
+
+namespace {
+
+// Central differences of the fp64 loss at the largest-gradient entry of every tensor against the
+// fp64 backward. The step is 1e-5 of the largest |weight| in the entry's row (the latent rows of
+// tiny_qlora_groups' projections are ~1e-4 in size, so a fixed step would leave the linear regime): truncation
+// error ~h²·|f'''| and round-off ~1e-16·|loss|/h stay below 1e-7 of the gradient (measured: at
+// most 1.4e-8 of the tensor's largest gradient), inside the 2e-7 tolerance; a wrong term shows at
+// 1e-3 or more. The loss is only
+// piecewise smooth (top-k routing); at these step sizes no selection flips on the fixture batch
+// (a flip would show as a huge error, not a small one).
+void check_finite_differences(const moonlight::Config& c, const moonlight::Weights& layout, std::vector<double> values,
+                              const Batch& batch) {
+  const std::size_t size = values.size();
+  std::vector<double> grads(size, 0.0), scratch(size);
+  const auto loss = [&](const std::vector<double>& v) {
+    std::fill(scratch.begin(), scratch.end(), 0.0);
+    return moonlight::loss_and_gradients<double>(c, layout, v, batch.inputs, batch.targets, scratch);
+  };
+  moonlight::loss_and_gradients<double>(c, layout, values, batch.inputs, batch.targets, grads);
+  std::size_t routed_checked = 0;
+  for (const moonlight::TensorSpec& t : layout.tensors()) {
+    if (t.name.ends_with("e_score_correction_bias")) continue;  // no gradient by design
+    CAPTURE(t.name);
+    const auto n = static_cast<std::size_t>(muon::numel(t.shape));
+    const double* g = grads.data() + t.offset;
+    const auto by_size = [](double a, double b) { return std::abs(a) < std::abs(b); };
+    const auto largest = static_cast<std::size_t>(std::max_element(g, g + n, by_size) - g);
+    const double scale = std::abs(g[largest]);
+    const std::size_t expert_at = t.name.find(".mlp.experts.");
+    const bool routed = expert_at != std::string::npos;
+    // Experts share one code path: experts 0–2 of each layer, where this short batch routes tokens
+    // to them, are checked; that keeps the number of fp64 passes (the test's cost) down.
+    if (routed && (scale == 0.0 || std::stoi(t.name.substr(expert_at + 13)) >= 3)) continue;
+    CHECK(scale > 0.0);                     // every other tensor takes part in the loss
+    routed_checked += routed ? 1 : 0;
+    const auto cols = static_cast<std::size_t>(t.shape.back());
+    const double* row = values.data() + t.offset + largest / cols * cols;
+    const double h = 1e-5 * std::min(1.0, std::abs(*std::max_element(row, row + cols, by_size)));
+    {  // one entry per tensor: two fp64 passes each keep the test at seconds under sanitizers
+      const std::size_t i = largest;
+      double& w = values[t.offset + i];
+      const double saved = w;
+      w = saved + h;
+      const double up = loss(values);
+      w = saved - h;
+      const double down = loss(values);
+      w = saved;
+      const double numeric = (up - down) / (2 * h);
+      CHECK(std::abs(numeric - g[i]) <= 2e-7 * scale);
+    }
+  }
+  CHECK(routed_checked >= 3 * 2);  // gate, up and down of at least two experts
+}
+
+std::vector<double> widened(std::span<const float> values) { return {values.begin(), values.end()}; }
+
+Batch short_batch(const st::File& ref) {
+  Batch b = fixture_batch(ref);
+  b.inputs.resize(8);  // enough tokens for every path, few enough to keep the fp64 passes fast
+  b.targets.resize(8);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("fp64 gradients of every tensor equal central finite differences") {
+  for (const char* name : {"tiny_moonlight", "tiny_qlora_groups"}) {
+    CAPTURE(name);
+    const Model model = Model::load(fixture(name));
+    const Batch batch = short_batch(st::File::open(fixture(name) / "gradients.safetensors"));
+    check_finite_differences(model.config(), model.weights(), widened(model.weights().data()), batch);
+  }
+}
+
+TEST_CASE("finite differences also hold with tied embeddings and unnormalised top-k weights") {
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  moonlight::Config c = model.config();
+  c.tie_word_embeddings = true;  // the embedding's gradient collects the head's
+  c.norm_topk_prob = false;
+  moonlight::Weights layout(c);
+  for (const moonlight::TensorSpec& t : layout.tensors()) {
+    const auto from = model.weights().values(t.name);
+    std::copy(from.begin(), from.end(), layout.values(t.name).begin());
+  }
+  const Batch batch = short_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
+  check_finite_differences(c, layout, widened(layout.data()), batch);
+}
+
+TEST_CASE("the aux-loss-free rule raises underloaded experts' bias, lowers overloaded ones', keeps the sum") {
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  const moonlight::Config& c = model.config();
+  const Batch batch = fixture_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
+  std::vector<float> grads(model.weights().data().size(), 0.0f);
+  moonlight::ExpertLoad load;
+  moonlight::loss_and_gradients(model, batch.inputs, batch.targets, grads, &load);
+  moonlight::loss_and_gradients(model, batch.inputs, batch.targets, grads, &load);  // counts accumulate
+  REQUIRE(load.tokens.size() == static_cast<std::size_t>(c.num_hidden_layers));
+  CHECK(load.tokens[0].empty());  // the dense first layer
+  for (std::int64_t l = 1; l < c.num_hidden_layers; ++l) {
+    const auto& row = load.tokens[static_cast<std::size_t>(l)];
+    std::int64_t total = 0;
+    for (const std::int64_t n : row) total += n;
+    CHECK(total == 2 * static_cast<std::int64_t>(batch.inputs.size()) * c.num_experts_per_tok);
+  }
+
+  // A hand-made load on layer 1: experts 0–1 over the mean (4), 2–3 at it, 4–7 under.
+  load.tokens[1] = {10, 6, 4, 4, 3, 3, 2, 0};
+  moonlight::Weights weights = moonlight::Weights(c);
+  std::copy(model.weights().data().begin(), model.weights().data().end(), weights.data().begin());
+  const std::string name = "model.layers.1.mlp.gate.e_score_correction_bias";
+  const std::vector<float> before(weights.values(name).begin(), weights.values(name).end());
+  moonlight::update_expert_bias(weights, c, load, 1e-3);
+  const auto after = weights.values(name);
+  // signs of mean − c: −1 −1 0 0 +1 +1 +1 +1, mean 0.25 → steps u·(sign − 0.25).
+  const std::vector<double> step{-1.25e-3, -1.25e-3, -0.25e-3, -0.25e-3, 0.75e-3, 0.75e-3, 0.75e-3, 0.75e-3};
+  double sum_before = 0.0, sum_after = 0.0;
+  for (std::size_t e = 0; e < step.size(); ++e) {
+    CAPTURE(e);
+    // fp32 bias of magnitude ~0.1: one rounding (~1e-8) on steps ≥ 2.5e-4, i.e. ≤ 1e-4 relative.
+    CHECK(after[e] - before[e] == doctest::Approx(step[e]).epsilon(1e-3));
+    sum_before += before[e];
+    sum_after += after[e];
+  }
+  CHECK(sum_after == doctest::Approx(sum_before).epsilon(1e-6));
+
+  moonlight::ExpertLoad missing;
+  CHECK_THROWS_AS(moonlight::update_expert_bias(weights, c, missing, 1e-3), muon::ShapeMismatch);
+}
