@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/io/atomic_file.hpp"
 #include "muon/tensor.hpp"
 
 namespace muon::safetensors {
@@ -486,43 +487,10 @@ inline std::string build_header(std::span<const TensorToWrite> tensors,
   return text;
 }
 
-// Reads errno before anything else can overwrite it.
-[[noreturn]] inline void throw_write_error(const std::filesystem::path& target, const char* step,
-                                           const std::string& subject) {
-  const int err = errno;
-  throw FileError("cannot write safetensors file '" + target.string() + "': " + step + " '" +
-                  subject + "' failed: " + os_error(err));
-}
-
-inline bool write_all(int fd, const void* data, std::size_t size) {
-  const auto* p = static_cast<const std::byte*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// Closes and removes the temporary file unless it was renamed into place.
-struct TempFile {
-  std::string path;
-  int fd;
-  bool renamed = false;
-  ~TempFile() {
-    if (fd >= 0) ::close(fd);
-    if (!renamed) ::unlink(path.c_str());
-  }
-};
-
 }  // namespace detail
 
-// Writes atomically: temp file in the same directory (path + ".tmp.<pid>"), write, fsync the file,
-// rename over `path`, fsync the directory. Tensors are laid out in the given order. Invalid input
+// Writes atomically (muon/io/atomic_file.hpp: temp file, fsync, rename, fsync of the directory).
+// Tensors are laid out in the given order. Invalid input
 // (duplicate names, data size not matching shape and dtype) throws muon::InvalidArgument before
 // the disk is touched. On any I/O failure the temp file is removed, `path` is untouched, and
 // muon::FileError names the file and the OS error; the one exception is a failed fsync of the
@@ -530,33 +498,11 @@ struct TempFile {
 inline void write(const std::filesystem::path& path, std::span<const TensorToWrite> tensors,
                   const std::map<std::string, std::string>& metadata = {}) {
   const std::string header = detail::build_header(tensors, metadata);
-  const std::string temp_path = path.string() + ".tmp." + std::to_string(::getpid());
-
-  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) detail::throw_write_error(path, "creating", temp_path);
-  detail::TempFile temp{temp_path, fd};
-
   const std::uint64_t header_size = header.size();
-  bool ok = detail::write_all(fd, &header_size, sizeof header_size) &&
-            detail::write_all(fd, header.data(), header.size());
-  for (const TensorToWrite& t : tensors) {
-    ok = ok && detail::write_all(fd, t.data.data(), t.data.size());
-  }
-  if (!ok) detail::throw_write_error(path, "writing", temp_path);
-  if (::fsync(fd) != 0) detail::throw_write_error(path, "fsync of", temp_path);
-  temp.fd = -1;
-  if (::close(fd) != 0) detail::throw_write_error(path, "closing", temp_path);
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    detail::throw_write_error(path, "renaming", temp_path);
-  }
-  temp.renamed = true;
-
-  // Without syncing the directory, the rename itself may be lost on power failure.
-  const std::filesystem::path parent = path.has_parent_path() ? path.parent_path() : ".";
-  const int dir_fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) detail::throw_write_error(path, "opening directory", parent.string());
-  const detail::FdCloser dir_closer{dir_fd};
-  if (::fsync(dir_fd) != 0) detail::throw_write_error(path, "fsync of directory", parent.string());
+  std::vector<std::span<const std::byte>> pieces{std::as_bytes(std::span(&header_size, 1)),
+                                                 std::as_bytes(std::span(header))};
+  for (const TensorToWrite& t : tensors) pieces.push_back(t.data);
+  io::write_file_atomically(path, pieces, "safetensors file");
 }
 
 }  // namespace muon::safetensors

@@ -24,11 +24,11 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unistd.h>
 #include <vector>
 
 #include "moonlight/config.hpp"
 #include "muon/error.hpp"
+#include "muon/io/atomic_file.hpp"
 #include "muon/io/safetensors.hpp"
 #include "muon/parameter.hpp"
 #include "muon/tensor.hpp"
@@ -123,7 +123,7 @@ class Weights {
   // Writes config.json and the tensors as a checkpoint transformers loads with from_pretrained:
   // one model.safetensors, or model-0000i-of-0000n.safetensors shards plus
   // model.safetensors.index.json when the tensors exceed max_shard_bytes. Each file is replaced
-  // atomically (written to a temp file, then renamed); the index and config come last.
+  // atomically (muon/io/atomic_file.hpp); the index and config come last.
   void save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options = {}) const;
 
   [[nodiscard]] const std::vector<TensorSpec>& tensors() const { return specs_; }
@@ -230,23 +230,6 @@ inline CheckpointFiles open_checkpoint(const std::filesystem::path& dir) {
   return out;
 }
 
-// Writes `text` to `path` atomically (temp file in the same directory, then rename).
-inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  const std::filesystem::path temp = path.string() + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw muon::FileError("cannot write '" + temp.string() + "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    std::filesystem::remove(temp);
-    throw muon::FileError("cannot rename '" + temp.string() + "' to '" + path.string() + "': " + ec.message());
-  }
-}
-
 }  // namespace detail
 
 inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) {
@@ -334,7 +317,7 @@ inline void Weights::save(const std::filesystem::path& dir, const Config& c, con
   const std::filesystem::path index_path = dir / "model.safetensors.index.json";
   if (shards.size() > 1) {
     const nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-    detail::write_text_atomically(index_path, index.dump(2) + "\n");
+    muon::io::write_file_atomically(index_path, index.dump(2) + "\n", "checkpoint index");
   } else {
     // A stale index from an earlier sharded save would shadow the new single file.
     std::filesystem::remove(index_path);
@@ -342,7 +325,7 @@ inline void Weights::save(const std::filesystem::path& dir, const Config& c, con
   nlohmann::json config = c.json;
   // Both names: transformers ≥ 4.56 reads "dtype", older versions "torch_dtype".
   config["torch_dtype"] = config["dtype"] = bf16 ? "bfloat16" : "float32";
-  detail::write_text_atomically(dir / "config.json", config.dump(2) + "\n");
+  muon::io::write_file_atomically(dir / "config.json", config.dump(2) + "\n", "config");
 }
 
 }  // namespace moonlight

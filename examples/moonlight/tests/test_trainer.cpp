@@ -1,0 +1,210 @@
+// The training loop (moonlight/trainer.hpp), checkpoints (checkpoint.hpp) and run configs
+// (train_options.hpp) on the tiny fixture model (hidden 64, 3 layers, 8 experts, vocab 300).
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "fixtures.hpp"
+#include "moonlight/checkpoint.hpp"
+#include "moonlight/config.hpp"
+#include "moonlight/corpus.hpp"
+#include "moonlight/train_options.hpp"
+#include "moonlight/trainer.hpp"
+#include "muon/dist/self.hpp"
+#include "temp_dir.hpp"
+
+namespace fs = std::filesystem;
+using moonlight::test::fixture;
+using Trainer = moonlight::Trainer<muon::dist::SelfCommunicator>;
+
+namespace {
+
+// A learnable stream: a repeated random phrase of 40 tokens, so a model that learns drives the
+// loss far below ln(300) = 5.7.
+moonlight::PackedSequences phrase_data(std::int64_t seq_len) {
+  moonlight::TokenStream s;
+  std::uint64_t x = 12345;
+  std::vector<std::int32_t> phrase;
+  for (int i = 0; i < 40; ++i) phrase.push_back(static_cast<std::int32_t>((x = x * 6364136223846793005ull + 1) >> 33) % 290);
+  for (int r = 0; r < 60; ++r) s.tokens.insert(s.tokens.end(), phrase.begin(), phrase.end());
+  s.source = "phrase";
+  return {std::move(s), seq_len, 0.1};
+}
+
+moonlight::RunConfig tiny_run(moonlight::TrainOptions o) {
+  return {moonlight::Config::load(fixture("tiny_moonlight") / "config.json"), o};
+}
+
+moonlight::TrainOptions fast_options() {
+  return {.steps = 6, .seq_len = 16, .micro_batch = 4, .lr = 1e-2, .warmup_steps = 1, .eval_every = 3,
+          .eval_sequences = 4, .checkpoint_every = 3, .keep_checkpoints = 5};
+}
+
+const fs::path tokenizer_file = fixture("bpe_sample_1024.tiktoken");
+
+std::vector<moonlight::StepMetrics> train(Trainer& t) {
+  std::vector<moonlight::StepMetrics> seen;
+  t.train([&](const moonlight::StepMetrics& m) { seen.push_back(m); });
+  return seen;
+}
+
+bool same_bits(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("training lowers the loss, balances the experts and logs every step") {
+  muon::test::TempDir dir("train_learns");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  o.steps = 30;
+  o.eval_every = 10;
+  o.checkpoint_every = 0;
+  Trainer trainer(tiny_run(o), data, tokenizer_file, dir.path(), {});
+  const std::vector<moonlight::StepMetrics> seen = train(trainer);
+  REQUIRE(seen.size() == 30);
+  CHECK(seen.front().loss > 5.0);  // ≈ ln 300 at initialisation (std 0.1)
+  CHECK(seen.back().loss < 0.5 * seen.front().loss);
+  REQUIRE(seen.back().val_loss.has_value());
+  CHECK(*seen.back().val_loss < 0.5 * seen.front().loss);
+  CHECK(seen.back().tokens == 30 * 4 * 16);
+  CHECK(seen.back().expert_load.size() == 2);  // layers 1 and 2 are MoE; 8 experts each
+  CHECK(std::accumulate(seen.back().expert_load[0].begin(), seen.back().expert_load[0].end(), std::int64_t{0}) ==
+        4 * 16 * 3);  // every token routed to top-3
+
+  // The bias moved by the balancing rule, which keeps its sum at zero.
+  const auto bias = trainer.weights().values("model.layers.1.mlp.gate.e_score_correction_bias");
+  double sum = 0.0, moved = 0.0;
+  for (float b : bias) sum += b, moved += std::abs(b);
+  CHECK(moved > 0.0);
+  CHECK(std::abs(sum) < 1e-6);  // float rounding of 30 updates of ±1e-3
+
+  std::ifstream metrics(dir.path() / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(metrics, line)) ++lines;
+  CHECK(lines == 30);
+}
+
+TEST_CASE("a resumed run equals an uninterrupted one bit for bit") {
+  muon::test::TempDir dir("train_resume");
+  const moonlight::PackedSequences data = phrase_data(16);
+  Trainer straight(tiny_run(fast_options()), data, tokenizer_file, dir.path() / "straight", {});
+  (void)train(straight);
+
+  // A run that stopped after its step-3 checkpoint (steps 4–6 lost), then resumed.
+  {
+    Trainer interrupted(tiny_run(fast_options()), data, tokenizer_file, dir.path() / "resumed", {});
+    CHECK_THROWS_WITH(interrupted.train([&](const moonlight::StepMetrics& m) {
+      if (m.step == 4) throw std::runtime_error("crash after the step-4 metrics line");
+    }),
+                      "crash after the step-4 metrics line");
+  }
+  const moonlight::VerifiedCheckpoint c = moonlight::open_checkpoint(dir.path() / "resumed");
+  CHECK(c.step == 3);
+  Trainer resumed(tiny_run(fast_options()), data, tokenizer_file, dir.path() / "resumed", {});
+  resumed.resume(c);
+  (void)train(resumed);
+  CHECK(same_bits(straight.weights().data(), resumed.weights().data()));
+
+  // metrics.jsonl dropped the crashed run's step-4 line and holds steps 1..6 once.
+  std::ifstream metrics(dir.path() / "resumed" / "metrics.jsonl");
+  std::string line;
+  std::vector<std::int64_t> steps;
+  while (std::getline(metrics, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<std::int64_t>());
+  CHECK(steps == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("a checkpoint is a Hugging Face directory, its latest link moves, and a damaged file is refused") {
+  muon::test::TempDir dir("train_ckpt");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  o.keep_checkpoints = 1;
+  Trainer trainer(tiny_run(o), data, tokenizer_file, dir.path(), {});
+  (void)train(trainer);
+  CHECK(fs::read_symlink(dir.path() / "latest") == fs::path("checkpoints") / "step-00000006");
+  CHECK_FALSE(fs::exists(dir.path() / "checkpoints" / "step-00000003"));  // keep_checkpoints = 1
+  const fs::path ckpt = dir.path() / "checkpoints" / "step-00000006";
+  for (const char* f : {"config.json", "model.safetensors", "tiktoken.model", "optimizer.safetensors", "trainer.json"})
+    CHECK(fs::exists(ckpt / f));
+  // The saved model is what the trainer holds, readable as a plain checkpoint.
+  const moonlight::Weights loaded = moonlight::Weights::load(ckpt, trainer.run().model);
+  CHECK(same_bits(loaded.data(), trainer.weights().data()));
+
+  {
+    std::fstream f(ckpt / "optimizer.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  CHECK_THROWS_WITH_AS(moonlight::open_checkpoint(dir.path()),
+                       doctest::Contains("file 'optimizer.safetensors' does not match its recorded size and CRC-32"),
+                       muon::FileError);
+}
+
+TEST_CASE("micro-batches with accumulation give the step of one large batch") {
+  muon::test::TempDir dir("train_accum");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions big = fast_options(), split = fast_options();
+  big.steps = split.steps = 2;
+  big.checkpoint_every = split.checkpoint_every = 0;
+  split.micro_batch = 2;
+  split.grad_accum = 2;
+  Trainer a(tiny_run(big), data, tokenizer_file, dir.path() / "a", {});
+  Trainer b(tiny_run(split), data, tokenizer_file, dir.path() / "b", {});
+  const auto ma = train(a), mb = train(b);
+  CHECK(ma.back().loss == doctest::Approx(mb.back().loss).epsilon(1e-5));
+  // Same sequences, summed in another order: float rounding (≈1e-7 relative) amplified by two
+  // Newton–Schulz steps stays far below 1e-4 of the weights' scale (0.1).
+  double worst = 0.0;
+  for (std::size_t i = 0; i < a.weights().data().size(); ++i)
+    worst = std::max(worst, static_cast<double>(std::abs(a.weights().data()[i] - b.weights().data()[i])));
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("the optimizer table: Muon on matrices, AdamW elsewhere or everywhere, never the router bias") {
+  const moonlight::Config c = moonlight::Config::load(fixture("tiny_moonlight") / "config.json");
+  moonlight::Weights w(c);
+  std::vector<float> g(w.data().size());
+  for (const char* optimizer : {"muon", "adamw"}) {
+    const std::vector<muon::Parameter> table = moonlight::training_parameters(w, g, optimizer);
+    CHECK(table.size() == w.tensors().size() - 2);  // two MoE layers, one bias each
+    for (const muon::Parameter& p : table) {
+      CHECK(p.name.find("e_score_correction_bias") == std::string::npos);
+      const muon::Rule rule = p.rule.value_or(p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw);
+      CHECK(rule == (std::string(optimizer) == "muon" && p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw));
+    }
+  }
+}
+
+TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
+  const moonlight::TrainOptions d = moonlight::train_options_from_json(nlohmann::json::object());
+  CHECK(d.optimizer == "muon");
+  const moonlight::TrainOptions o = moonlight::train_options_from_json({{"lr", 0.5}, {"steps", 10}, {"warmup_steps", 2}, {"schedule", "cosine"}});
+  CHECK(o.lr == 0.5);
+  const muon::Options opt = moonlight::optimizer_options(o);
+  CHECK(std::get<muon::WarmupCosine>(opt.schedule).total_steps == 10);
+  CHECK(opt.adamw.beta2 == 0.95f);
+  const muon::Options wsd = moonlight::optimizer_options(moonlight::train_options_from_json({{"steps", 100}, {"decay_fraction", 0.2}}));
+  CHECK(std::get<muon::WarmupStableDecay>(wsd.schedule).decay_steps == 20);
+  CHECK(std::get<muon::WarmupStableDecay>(wsd.schedule).stable_steps == 60);
+
+  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"learning_rate", 1.0}}),
+                       doctest::Contains("training.learning_rate is not a training option"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"steps", "ten"}}),
+                       doctest::Contains("training.steps is \"ten\", expected a number"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"optimizer", "sgd"}}),
+                       doctest::Contains("training.optimizer is 'sgd'"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"steps", 10}, {"warmup_steps", 10}}),
+                       doctest::Contains("training.warmup_steps (10) must be below training.steps (10)"),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(moonlight::load_run_config("/nonexistent/tiny.json"),
+                       doctest::Contains("cannot open run config '/nonexistent/tiny.json'"), muon::FileError);
+}
