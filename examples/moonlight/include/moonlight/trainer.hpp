@@ -181,24 +181,8 @@ class Trainer {
     return sums[0] / static_cast<double>(n);
   }
 
-  [[nodiscard]] std::int64_t step() const { return step_; }
-  [[nodiscard]] std::int64_t tokens_per_step() {
-    const TrainOptions& o = run_.training;
-    return o.micro_batch * o.grad_accum * world() * o.seq_len;
-  }
-  [[nodiscard]] const Weights& weights() const { return weights_; }
-  [[nodiscard]] const RunConfig& run() const { return run_; }
-
- private:
-  struct PassResult {
-    double loss_sum = 0.0;
-    double aux_sum = 0.0;
-  };
-
-  [[nodiscard]] int rank() { return optimizer_.communicator().rank(); }
-  [[nodiscard]] int world() { return optimizer_.communicator().size(); }
-  [[nodiscard]] bool rank0() { return rank() == 0; }
-
+  // One optimizer step on the next batch, without evaluation, checkpoint or metrics line (what
+  // train() adds); for benchmarks and custom loops.
   StepMetrics train_step() {
     const TrainOptions& o = run_.training;
     const auto start = std::chrono::steady_clock::now();
@@ -247,6 +231,24 @@ class Trainer {
                   .load_imbalance = load_imbalance(load_)};
     return m;
   }
+
+  [[nodiscard]] std::int64_t step() const { return step_; }
+  [[nodiscard]] std::int64_t tokens_per_step() {
+    const TrainOptions& o = run_.training;
+    return o.micro_batch * o.grad_accum * world() * o.seq_len;
+  }
+  [[nodiscard]] const Weights& weights() const { return weights_; }
+  [[nodiscard]] const RunConfig& run() const { return run_; }
+
+ private:
+  struct PassResult {
+    double loss_sum = 0.0;
+    double aux_sum = 0.0;
+  };
+
+  [[nodiscard]] int rank() { return optimizer_.communicator().rank(); }
+  [[nodiscard]] int world() { return optimizer_.communicator().size(); }
+  [[nodiscard]] bool rank0() { return rank() == 0; }
 
   // Forward and backward over `sequences`, split statically over the threads; gradients land in
   // grads_ (summed, in thread order), expert loads in *load when given. Without `load` (the
