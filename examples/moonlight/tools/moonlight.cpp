@@ -1,5 +1,8 @@
-// moonlight: text generation and chat with a Moonlight / DeepseekV3 checkpoint on the CPU.
+// moonlight: training, text generation and chat with a Moonlight / DeepseekV3 model on the CPU.
 //
+//   moonlight train --config configs/tiny.json --data corpus/ --out runs/tiny   (train_command.hpp)
+//   moonlight tokenize --data corpus/ --out corpus.bin
+//   moonlight compare --baseline runs/adamw --runs runs/muon --plot study.png  (compare_command.hpp)
 //   moonlight generate --model DIR --prompt "Once upon a time" --max-new-tokens 64 --temperature 0.7 --seed 1
 //   moonlight chat --model DIR
 //
@@ -22,6 +25,9 @@
 #include <moonlight/model.hpp>
 #include <moonlight/tokenizer.hpp>
 #include <moonlight/utf8_stream.hpp>
+
+#include "compare_command.hpp"
+#include "train_command.hpp"
 
 namespace {
 
@@ -63,7 +69,7 @@ std::string respond(const Loaded& m, std::span<const std::int32_t> ids, moonligh
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generate text with a Moonlight (DeepseekV3) checkpoint on the CPU"};
+  CLI::App app{"Train a Moonlight (DeepseekV3) model with muon, and generate text with it, on the CPU"};
   app.require_subcommand(1);
   std::filesystem::path model_dir;
   std::string prompt, system_prompt;
@@ -82,9 +88,54 @@ int main(int argc, char** argv) {
   CLI::App* chat = app.add_subcommand("chat", "chat with an Instruct model (reads user turns from stdin)");
   add_common(chat);
   chat->add_option("--system", system_prompt, "system prompt (default: the template's)");
+
+  moonlight::cli::TrainArgs train_args;
+  train_args.tokenizer = MOONLIGHT_DEFAULT_TOKENIZER;
+  CLI::App* train = app.add_subcommand("train", "train a model with muon (Muon + AdamW) or AdamW");
+  train->add_option("--config", train_args.config, "run config: {\"model\": config.json, \"training\": {...}}");
+  train->add_option("--data", train_args.data, "UTF-8 text files, .bin token shards, or directories of them")->required();
+  train->add_option("--out", train_args.out, "run directory (metrics, plot, checkpoints)")->required();
+  train->add_flag("--resume", train_args.resume, "continue the run in --out from its latest checkpoint");
+  train->add_option("--tokenizer", train_args.tokenizer, "tiktoken rank file")->capture_default_str();
+  train->add_option("--doc-separator", train_args.document_separator, "a line holding only this ends a document (fortune files: %)");
+  train->add_option("--sample-prompt", train_args.sample_prompt, "print a greedy continuation of this before and after training");
+  train->add_option("--sample-tokens", train_args.sample_tokens, "tokens per sample")->capture_default_str();
+  train->add_option("--steps", train_args.steps, "override training.steps");
+  train->add_option("--seq-len", train_args.seq_len, "override training.seq_len");
+  train->add_option("--micro-batch", train_args.micro_batch, "override training.micro_batch (sequences per rank)");
+  train->add_option("--grad-accum", train_args.grad_accum, "override training.grad_accum");
+  train->add_option("--optimizer", train_args.optimizer, "override training.optimizer: muon or adamw");
+  train->add_option("--lr", train_args.lr, "override training.lr");
+  train->add_option("--weight-decay", train_args.weight_decay, "override training.weight_decay");
+  train->add_option("--schedule", train_args.schedule, "override training.schedule: wsd, cosine or constant");
+  train->add_option("--warmup-steps", train_args.warmup_steps, "override training.warmup_steps");
+  train->add_option("--aux-loss-alpha", train_args.aux_loss_alpha, "override training.aux_loss_alpha");
+  train->add_option("--bias-update-rate", train_args.bias_update_rate, "override training.bias_update_rate");
+  train->add_option("--eval-every", train_args.eval_every, "override training.eval_every");
+  train->add_option("--checkpoint-every", train_args.checkpoint_every, "override training.checkpoint_every");
+  train->add_option("--seed", train_args.seed, "override training.seed");
+
+  std::filesystem::path tokenize_out, tokenizer_file = MOONLIGHT_DEFAULT_TOKENIZER;
+  std::vector<std::filesystem::path> tokenize_data;
+  std::string tokenize_separator;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "write a corpus as a token shard for `train --data`");
+  tokenize->add_option("--data", tokenize_data, "UTF-8 text files or directories")->required();
+  tokenize->add_option("--out", tokenize_out, "shard file to write (.bin)")->required();
+  tokenize->add_option("--tokenizer", tokenizer_file, "tiktoken rank file")->capture_default_str();
+  tokenize->add_option("--doc-separator", tokenize_separator, "a line holding only this ends a document");
+
+  std::filesystem::path baseline, compare_plot;
+  std::vector<std::filesystem::path> compare_runs;
+  CLI::App* compare = app.add_subcommand("compare", "tokens each run needs to reach a baseline's final validation loss");
+  compare->add_option("--baseline", baseline, "run directory whose final validation loss is the target")->required();
+  compare->add_option("--runs", compare_runs, "run directories to compare")->required();
+  compare->add_option("--plot", compare_plot, "PNG of all validation curves");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (train->parsed()) return moonlight::cli::train_dispatch(train_args, argc, argv);
+    if (compare->parsed()) return moonlight::cli::compare(baseline, compare_runs, compare_plot);
+    if (tokenize->parsed()) return moonlight::cli::tokenize(tokenizer_file, tokenize_data, tokenize_separator, tokenize_out);
     sampling.validate();
     const Loaded m = load(model_dir);
     if (generate->parsed()) {
@@ -107,6 +158,9 @@ int main(int argc, char** argv) {
     }
     std::cout << '\n';
   } catch (const muon::Error& e) {
+    std::fprintf(stderr, "moonlight: %s\n", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
     std::fprintf(stderr, "moonlight: %s\n", e.what());
     return 1;
   }
