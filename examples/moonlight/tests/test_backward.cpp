@@ -82,14 +82,14 @@ namespace {
 // piecewise smooth (top-k routing); at these step sizes no selection flips on the fixture batch
 // (a flip would show as a huge error, not a small one).
 void check_finite_differences(const moonlight::Config& c, const moonlight::Weights& layout, std::vector<double> values,
-                              const Batch& batch) {
+                              const Batch& batch, const moonlight::AuxLoss& aux = {}) {
   const std::size_t size = values.size();
   std::vector<double> grads(size, 0.0), scratch(size);
   const auto loss = [&](const std::vector<double>& v) {
     std::fill(scratch.begin(), scratch.end(), 0.0);
-    return moonlight::loss_and_gradients<double>(c, layout, v, batch.inputs, batch.targets, scratch);
+    return moonlight::loss_and_gradients<double>(c, layout, v, batch.inputs, batch.targets, scratch, nullptr, aux);
   };
-  moonlight::loss_and_gradients<double>(c, layout, values, batch.inputs, batch.targets, grads);
+  moonlight::loss_and_gradients<double>(c, layout, values, batch.inputs, batch.targets, grads, nullptr, aux);
   std::size_t routed_checked = 0;
   for (const moonlight::TensorSpec& t : layout.tensors()) {
     if (t.name.ends_with("e_score_correction_bias")) continue;  // no gradient by design
@@ -157,6 +157,57 @@ TEST_CASE("finite differences also hold with tied embeddings and unnormalised to
   }
   const Batch batch = short_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
   check_finite_differences(c, layout, widened(layout.data()), batch);
+}
+
+// A copy of the fixture model's weights under a changed config (the layout must not change).
+moonlight::Weights copied_weights(const Model& model, const moonlight::Config& c) {
+  moonlight::Weights w(c);
+  for (const moonlight::TensorSpec& t : w.tensors()) {
+    const auto from = model.weights().values(t.name);
+    std::copy(from.begin(), from.end(), w.values(t.name).begin());
+  }
+  return w;
+}
+
+TEST_CASE("the sequence-wise balance loss: finite differences, its value, and α = 0 changes nothing") {
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  const moonlight::Config& c = model.config();
+  const st::File ref = st::File::open(fixture("tiny_moonlight") / "gradients.safetensors");
+  // α = 0.5, far above Moonlight's 1e-3, so that a wrong aux gradient stands out of the CE one.
+  check_finite_differences(c, model.weights(), widened(model.weights().data()), short_batch(ref), {.alpha = 0.5});
+
+  const Batch batch = fixture_batch(ref);
+  std::vector<float> plain(model.weights().data().size(), 0.0f), off = plain, on = plain;
+  const float base = moonlight::loss_and_gradients(model, batch.inputs, batch.targets, plain);
+  double value = -1.0;
+  CHECK(moonlight::loss_and_gradients(model, batch.inputs, batch.targets, off, nullptr, {.alpha = 0.0, .value = &value}) == base);
+  CHECK(off == plain);
+  CHECK(value == 0.0);
+
+  // Σ_i P_i = 1, so each layer's L_Bal lies between its smallest and largest f_i.
+  moonlight::ExpertLoad load;
+  const float with_aux =
+      moonlight::loss_and_gradients(model, batch.inputs, batch.targets, on, &load, {.alpha = 0.5, .value = &value});
+  CHECK(with_aux == doctest::Approx(base + value).epsilon(1e-6));
+  double low = 0.0, high = 0.0;
+  for (const auto& counts : load.tokens) {
+    if (counts.empty()) continue;
+    const auto T = static_cast<double>(batch.inputs.size());
+    const double to_f = static_cast<double>(c.n_routed_experts) / (static_cast<double>(c.num_experts_per_tok) * T);
+    low += to_f * static_cast<double>(*std::min_element(counts.begin(), counts.end()));
+    high += to_f * static_cast<double>(*std::max_element(counts.begin(), counts.end()));
+  }
+  CHECK(value / 0.5 >= low);
+  CHECK(value / 0.5 <= high);
+
+  // Every expert chosen by every token: f_i = 1, so L_Bal = Σ_i P_i = 1 per MoE layer, exactly.
+  moonlight::Config all = c;
+  all.num_experts_per_tok = all.n_routed_experts;
+  const moonlight::Weights w = copied_weights(model, all);
+  std::vector<double> values(w.data().begin(), w.data().end()), grads(values.size(), 0.0);
+  (void)moonlight::loss_and_gradients<double>(all, w, values, batch.inputs, batch.targets, grads, nullptr,
+                                              {.alpha = 0.25, .value = &value});
+  CHECK(value == doctest::Approx(0.25 * 2).epsilon(1e-12));  // two MoE layers
 }
 
 TEST_CASE("the aux-loss-free rule raises underloaded experts' bias, lowers overloaded ones', keeps the sum") {

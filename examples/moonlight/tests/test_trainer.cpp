@@ -94,6 +94,25 @@ TEST_CASE("training lowers the loss, balances the experts and logs every step") 
   CHECK(lines == 30);
 }
 
+TEST_CASE("the sequence-wise balance loss is reported apart from the cross-entropy") {
+  muon::test::TempDir dir("train_aux");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  o.steps = 2;
+  o.checkpoint_every = 0;
+  Trainer plain(tiny_run(o), data, tokenizer_file, dir.path() / "plain", {});
+  o.aux_loss_alpha = 0.01;
+  Trainer aux(tiny_run(o), data, tokenizer_file, dir.path() / "aux", {});
+  const moonlight::StepMetrics a = plain.train_step(), b = aux.train_step();
+  CHECK(a.aux_loss == 0.0);
+  // The same weights and batch: the same cross-entropy, up to the float rounding of CE + aux.
+  CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-6));
+  // α·Σ_layers L_Bal with L_Bal between the smallest and largest f_i (≈ 1 when balanced): 2 layers.
+  CHECK(b.aux_loss > 0.01 * 2 * 0.2);
+  CHECK(b.aux_loss < 0.01 * 2 * 8 / 3);  // f_i ≤ N_r/K_r
+  CHECK(b.grad_norm != a.grad_norm);      // and it reaches the gradients
+}
+
 TEST_CASE("a resumed run equals an uninterrupted one bit for bit") {
   muon::test::TempDir dir("train_resume");
   const moonlight::PackedSequences data = phrase_data(16);

@@ -8,7 +8,8 @@
 // the first one and scale the loss as you average). The MoE router is differentiated through the
 // selected experts' normalised sigmoid weights × routed_scaling_factor into the router logits; the
 // top-k selection itself and e_score_correction_bias get no gradient (MOONLIGHT.md §6: the bias is
-// moved by the load-balancing rule instead), as in transformers' DeepseekV3.
+// moved by the load-balancing rule instead), as in transformers' DeepseekV3. DeepSeek-V3's optional
+// sequence-wise balance loss (AuxLoss) adds its gradient through every expert's router score.
 //
 // The code is templated on the scalar: float for training, double for the finite-difference checks
 // of test_backward.cpp. Products go to Eigen.
@@ -317,6 +318,8 @@ struct Moe {
   std::vector<S> norm;                         // per token: 1 / (Σ chosen scores + 1e-20), or 1
   std::vector<std::vector<std::int64_t>> tokens_of;  // per expert
   std::vector<Mat<S>> expert_out;                    // per expert, unweighted
+  S aux_alpha = 0;   // α of the sequence-wise balance loss (0: off)
+  S aux_value = 0;   // α·L_Bal of this layer, set by forward
 
   S weight(std::int64_t t, std::int64_t e) const {
     return score(t, e) * norm[static_cast<std::size_t>(t)] * static_cast<S>(c->routed_scaling_factor);
@@ -364,6 +367,7 @@ struct Moe {
       }
       if (c->norm_topk_prob) norm[t] = S(1) / (sum + static_cast<S>(1e-20));
     }
+    if (aux_alpha > S(0)) aux_value = aux_alpha * balance_loss();
     Mat<S> y = Mat<S>::Zero(T, c->hidden_size);
     expert_out.assign(static_cast<std::size_t>(E), Mat<S>());
     for (std::int64_t e = 0; e < E; ++e) {
@@ -378,6 +382,24 @@ struct Moe {
     }
     if (c->n_shared_experts > 0) y += L->shared.forward(x);
     return y;
+  }
+
+  // f_i = N_r/(K_r·T)·(tokens routed to i): a constant, the selection has no gradient.
+  S balance_fraction(std::int64_t e) const {
+    const std::int64_t T = x.rows();
+    return static_cast<S>(c->n_routed_experts) * static_cast<S>(tokens_of[e].size()) /
+           (static_cast<S>(c->num_experts_per_tok) * static_cast<S>(T));
+  }
+
+  // L_Bal = Σ_i f_i·P_i with P_i = mean_t s_{t,i} / Σ_j s_{t,j} over all experts (MOONLIGHT.md §6).
+  S balance_loss() const {
+    const std::int64_t T = x.rows();
+    S total = 0;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const S z = score.row(t).sum();
+      for (std::int64_t e = 0; e < c->n_routed_experts; ++e) total += balance_fraction(e) * score(t, e) / z;
+    }
+    return total / static_cast<S>(T);
   }
 
   Mat<S> backward(const Mat<S>& dy) {
@@ -410,6 +432,19 @@ struct Moe {
         dlogits(t, e) = ds * score(t, e) * (S(1) - score(t, e));
       }
     }
+    // The balance loss reaches every expert's score: with s' = s / Z,
+    // d(α·L_Bal)/ds_{t,i} = α/(T·Z_t) · (f_i − Σ_j f_j·s'_{t,j}).
+    if (aux_alpha > S(0)) {
+      for (std::int64_t t = 0; t < T; ++t) {
+        const S z = score.row(t).sum();
+        S mean_f = 0;
+        for (std::int64_t e = 0; e < E; ++e) mean_f += balance_fraction(e) * score(t, e) / z;
+        for (std::int64_t e = 0; e < E; ++e) {
+          const S ds = aux_alpha / (static_cast<S>(T) * z) * (balance_fraction(e) - mean_f);
+          dlogits(t, e) += ds * score(t, e) * (S(1) - score(t, e));
+        }
+      }
+    }
     dx += linear_backward(x, L->router, dlogits);
     return dx;
   }
@@ -417,15 +452,26 @@ struct Moe {
 
 }  // namespace train
 
+// The optional sequence-wise balance loss of DeepSeek-V3 (MOONLIGHT.md §6): α·Σ_layers L_Bal is
+// added to the objective (its value also to *value when given). α = 0 leaves the pass unchanged.
+struct AuxLoss {
+  double alpha = 0.0;
+  double* value = nullptr;
+};
+
 // Mean cross-entropy of the model's next-token logits for `inputs` (positions 0..T-1) against
 // `targets` (T ids: targets[t] is the token after inputs[t]), and d loss / d weights added into
 // `grads`. `layout` gives each tensor's offset; `values` and `grads` are buffers of its size.
 // With `load`, the tokens routed to each expert are added to load->tokens[layer][expert] (sized
 // here on first use; dense layers keep an empty row), for the balancing rule of balancing.hpp.
+// With aux.alpha > 0 the returned objective and the gradients include the balance loss.
 template <class S>
 S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> values,
                      std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, std::span<S> grads,
-                     ExpertLoad* load = nullptr) {
+                     ExpertLoad* load = nullptr, const AuxLoss& aux = {}) {
+  if (!(aux.alpha >= 0.0) || !std::isfinite(aux.alpha)) {
+    throw muon::InvalidArgument("AuxLoss.alpha must be finite and >= 0, got " + std::to_string(aux.alpha));
+  }
   using train::Mat;
   const auto T = static_cast<std::int64_t>(inputs.size());
   if (T == 0) throw muon::InvalidArgument("loss_and_gradients needs at least one input token");
@@ -459,6 +505,7 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
     if (L.moe) {
       moe[l].c = &c;
       moe[l].L = &L;
+      moe[l].aux_alpha = static_cast<S>(aux.alpha);
       h += moe[l].forward(hn);
       if (load) {
         load->tokens.resize(net.layers.size());
@@ -486,6 +533,9 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
     row(target) -= S(1) / static_cast<S>(T);
   }
   loss /= static_cast<S>(T);
+  S aux_total = 0;
+  for (const train::Moe<S>& m : moe) aux_total += m.aux_value;
+  if (aux.value != nullptr) *aux.value = static_cast<double>(aux_total);
 
   Mat<S> dh = net.final_norm.backward(train::linear_backward(hn, net.lm_head, logits));
   for (std::size_t l = net.layers.size(); l-- > 0;) {
@@ -496,15 +546,15 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
   }
   auto dembed = net.embed.g();
   for (std::int64_t t = 0; t < T; ++t) dembed.row(inputs[static_cast<std::size_t>(t)]) += dh.row(t);
-  return loss;
+  return loss + aux_total;
 }
 
 // The fp32 training entry point on a loaded model's weights.
 inline float loss_and_gradients(const Model& model, std::span<const std::int32_t> inputs,
                                 std::span<const std::int32_t> targets, std::span<float> grads,
-                                ExpertLoad* load = nullptr) {
+                                ExpertLoad* load = nullptr, const AuxLoss& aux = {}) {
   return loss_and_gradients<float>(model.config(), model.weights(), model.weights().data(), inputs, targets, grads,
-                                   load);
+                                   load, aux);
 }
 
 }  // namespace moonlight

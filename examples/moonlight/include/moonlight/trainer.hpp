@@ -2,7 +2,8 @@
 //
 // One step, on every data-parallel rank:
 //   for each of grad_accum micro-batches: micro_batch sequences, split over the OpenMP threads,
-//     each thread adding the gradients of its sequences into its own buffer (backward.hpp)
+//     each thread adding the gradients of its sequences into its own buffer (backward.hpp; with
+//     training.aux_loss_alpha > 0 the objective includes the sequence-wise balance loss)
 //   → the buffers summed in thread order and averaged (deterministic for a given thread count)
 //   → the ZeRO-1 optimizer (muon/dist/zero1.hpp): mean over ranks, clipping, Muon on matrices
 //     and AdamW on the rest, the lr schedule
@@ -276,8 +277,11 @@ class Trainer {
       for (std::int64_t i = 0; i < n; ++i) {
         const std::span<const std::int32_t> s = sequences[static_cast<std::size_t>(i)];
         const auto T = s.size() - 1;
-        results[ut].loss_sum += static_cast<double>(
-            loss_and_gradients<float>(run_.model, weights_, values, s.first(T), s.subspan(1), grads, &loads[ut]));
+        double aux = 0.0;
+        const double objective = loss_and_gradients<float>(run_.model, weights_, values, s.first(T), s.subspan(1), grads,
+                                                           &loads[ut], {.alpha = run_.training.aux_loss_alpha, .value = &aux});
+        results[ut].loss_sum += objective - aux;
+        results[ut].aux_sum += aux;
       }
     }
     PassResult total;
