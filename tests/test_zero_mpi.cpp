@@ -68,6 +68,33 @@ TEST_CASE("after K steps every rank's parameters equal the single-process optimi
   if (comm.size() > 1) CHECK(zero.state_elements() < single.state_elements());
 }
 
+TEST_CASE("set_options changes every owner's hyper-parameters from the next step, as in the single-process optimizer") {
+  MpiCommunicator comm;
+  ZeroModel zm, ref;
+  Zero zero(zm.table(), kOptions, comm, {}, kZero);
+  Single single(ref.table(), kOptions);
+  muon::Options later = kOptions;
+  later.lr = 0.005;
+  later.weight_decay = 0.2;
+  for (int step = 0; step < 4; ++step) {
+    if (step == 2) {
+      zero.set_options(later);
+      single.set_options(later);
+    }
+    zm.set_rank_gradients(step, comm.rank());
+    ref.set_mean_gradients(step, comm.size());
+    (void)zero.step();
+    (void)single.step();
+  }
+  CHECK(zm.values() == ref.values());
+  CHECK(zero.options().lr == 0.005);
+  if (comm.size() == 1) return;
+  muon::Options differing = later;
+  if (comm.rank() == 0) differing.lr = 0.5;
+  CHECK_THROWS_WITH_AS(zero.set_options(differing), doctest::Contains("Options differ between ranks"), muon::InvalidArgument);
+  CHECK(zero.options().lr == 0.005);
+}
+
 TEST_CASE("with clipping, ZeRO-1 matches the single-process optimizer within float rounding") {
   MpiCommunicator comm;
   muon::Options options = kOptions;

@@ -125,6 +125,17 @@ class ZeroOptimizer {
   [[nodiscard]] std::int64_t step_count() const { return step_; }
   [[nodiscard]] std::int64_t skipped_steps() const { return skipped_; }
   [[nodiscard]] const Options& options() const { return options_; }
+  // Collective. New hyper-parameters from the next step on (a resumed run with a longer schedule,
+  // say); the state is kept. Options that are invalid, or differ between ranks, throw on every
+  // rank and change nothing. (The plan was balanced for the old Newton–Schulz step count.)
+  void set_options(Options options) {
+    agree([&] { validate(options); });
+    const std::int64_t mine[] = {hash(to_json(options).dump())};
+    if (first_difference(mine)) throw InvalidArgument("set_options: the Options differ between ranks; pass the same on every rank");
+    for (auto& o : owners_)
+      if (o) o->set_options(options);
+    options_ = std::move(options);
+  }
   [[nodiscard]] const Plan& plan() const { return plan_; }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
   [[nodiscard]] C& communicator() { return comm_; }

@@ -137,10 +137,13 @@ class Trainer {
   Trainer(const Trainer&) = delete;  // the optimizer points into weights_ and grads_
   Trainer& operator=(const Trainer&) = delete;
 
-  // Continues from a verified checkpoint of this same run config: weights, optimizer state, step.
+  // Continues from a verified checkpoint of this model: weights, optimizer state, step. The
+  // hyper-parameters are this trainer's (the saved ones, unless the caller changed them, e.g. more
+  // steps and so a longer schedule).
   void resume(const VerifiedCheckpoint& checkpoint) {
     const Weights loaded = Weights::load(checkpoint.dir, run_.model);
     optimizer_.load(checkpoint.dir / "optimizer.safetensors");
+    optimizer_.set_options(optimizer_options(run_.training));
     std::ranges::copy(loaded.data(), weights_.data().begin());
     step_ = checkpoint.step;
     tokens_ = checkpoint.state.at("tokens").get<std::int64_t>();
