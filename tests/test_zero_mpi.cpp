@@ -4,6 +4,8 @@
 // precede a collective are CHECKs; CTest's timeout catches a hang.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
+
+#include "mpi_doctest_main.hpp"
 #include <unistd.h>
 
 #include <cmath>
@@ -264,15 +266,4 @@ TEST_CASE("a NaN gradient on one rank rejects or skips the step on every rank an
   }
 }
 
-int main(int argc, char** argv) {
-  muon::dist::MpiEnvironment mpi(argc, argv);
-  int failed = 0;
-  {
-    doctest::Context context(argc, argv);
-    failed = context.run() != 0 ? 1 : 0;
-    if (context.shouldExit()) return failed;
-  }
-  // Every rank exits alike: failed if any rank failed.
-  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return failed;
-}
+int main(int argc, char** argv) { return muon::test::run_doctest_under_mpi(argc, argv); }

@@ -5,6 +5,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include "mpi_doctest_main.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -115,15 +117,4 @@ TEST_CASE("a data-parallel run resumes bit for bit from its checkpoint") {
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
-int main(int argc, char** argv) {
-  muon::dist::MpiEnvironment mpi(argc, argv);
-  int failed = 0;
-  {
-    doctest::Context context(argc, argv);
-    failed = context.run() != 0 ? 1 : 0;
-    if (context.shouldExit()) return failed;
-  }
-  // Every rank exits alike: failed if any rank failed.
-  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return failed;
-}
+int main(int argc, char** argv) { return muon::test::run_doctest_under_mpi(argc, argv); }
