@@ -128,6 +128,10 @@ int train(const TrainArgs& args, C comm) {
   RunConfig run;
   std::optional<VerifiedCheckpoint> checkpoint;
   if (args.resume) {
+    if (!args.config.empty()) {
+      throw muon::InvalidArgument("--resume takes the run config saved in the checkpoint; drop --config "
+                                  "(override single fields with --steps, --lr, ...)");
+    }
     checkpoint = open_checkpoint(args.out);
     const nlohmann::json& saved = checkpoint->state.at("run");
     run = {Config::from_json(saved.at("model")), train_options_from_json(saved.at("training"))};
