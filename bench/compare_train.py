@@ -42,7 +42,7 @@ def run_ours(bench, threads):
     out = subprocess.run([bench, "--benchmark_format=json"], env=env, check=True, capture_output=True, text=True)
     results = {}
     for b in json.loads(out.stdout)["benchmarks"]:
-        name = b["name"].split("/")[0].split("BM_train_step/")[-1]
+        name = b["name"].split("/")[1]  # BM_train_step/<optimizer>/min_time:.../manual_time
         results[name] = {"tokens_per_s": b["tokens_per_s"], "optimizer_share": b["optimizer_share"]}
     return results
 

@@ -26,7 +26,12 @@
 #include <numeric>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#ifdef MUON_HAS_OPENBLAS
+#include <cblas.h>
+#endif
 
 #include "moonlight/balancing.hpp"
 #include "moonlight/config.hpp"
@@ -43,6 +48,10 @@ using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class S>
 using Vec = Eigen::Matrix<S, 1, Eigen::Dynamic>;
 
+#ifdef MUON_HAS_OPENBLAS
+inline blasint blas_int(std::int64_t v) { return static_cast<blasint>(v); }
+#endif
+
 // A weight tensor's value and its gradient slot, as [rows, cols] row-major maps (vectors: 1 row).
 template <class S>
 struct Tensor {
@@ -53,13 +62,40 @@ struct Tensor {
   [[nodiscard]] Eigen::Map<Mat<S>> g() const { return {grad, rows, cols}; }
 };
 
-// y = x·Wᵀ; backward: dx = dy·W, dW += dyᵀ·x.
+// y = x·Wᵀ; backward: dx = dy·W, dW += dyᵀ·x. These products are most of a training step: in
+// fp32 they go to OpenBLAS, whose kernels are chosen for the CPU at run time (the library itself
+// is compiled for the baseline ISA, where Eigen's products were 1.6× slower than PyTorch's step);
+// fp64, for the finite-difference checks, stays in Eigen.
 template <class S>
 Mat<S> linear(const Mat<S>& x, const Tensor<S>& W) {
+#ifdef MUON_HAS_OPENBLAS
+  if constexpr (std::is_same_v<S, float>) {
+    Mat<S> y(x.rows(), W.rows);
+    if (x.rows() > 0) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blas_int(x.rows()), blas_int(W.rows), blas_int(x.cols()), 1.0f,
+                  x.data(), blas_int(x.cols()), W.value, blas_int(W.cols), 0.0f, y.data(), blas_int(W.rows));
+    }
+    return y;
+  }
+#endif
   return x * W.w().transpose();
 }
 template <class S>
 Mat<S> linear_backward(const Mat<S>& x, const Tensor<S>& W, const Mat<S>& dy) {
+#ifdef MUON_HAS_OPENBLAS
+  if constexpr (std::is_same_v<S, float>) {
+    Mat<S> dx(dy.rows(), W.cols);
+    if (dy.rows() > 0) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blas_int(W.rows), blas_int(W.cols), blas_int(dy.rows()), 1.0f,
+                  dy.data(), blas_int(W.rows), x.data(), blas_int(W.cols), 1.0f, W.grad, blas_int(W.cols));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blas_int(dy.rows()), blas_int(W.cols), blas_int(W.rows), 1.0f,
+                  dy.data(), blas_int(W.rows), W.value, blas_int(W.cols), 0.0f, dx.data(), blas_int(W.cols));
+    } else {
+      dx.setZero();
+    }
+    return dx;
+  }
+#endif
   W.g().noalias() += dy.transpose() * x;
   return dy * W.w();
 }
