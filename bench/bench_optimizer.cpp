@@ -1,11 +1,13 @@
 // Benchmarks of the Eigen backend: Newton–Schulz on Moonlight's shapes (GFLOP/s, counted as the
 // plain 4n²m + 2n³ per iteration so that numbers compare with PyTorch's), one full optimizer step
-// over a small Moonlight-like table, and the AdamW step in GB/s beside a memory-copy bandwidth
-// measured in the same run. bench/compare_ns.py runs PyTorch's NS on the same shapes.
+// over a small Moonlight-like table, and the AdamW step in GB/s at each instruction-set level
+// beside a STREAM triad measured in the same run. bench/compare_ns.py runs PyTorch's NS on the
+// same shapes, bench/compare_adamw.py PyTorch's fused AdamW.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstring>
+#include <immintrin.h>
 #include <muon/backends/eigen.hpp>
 #include <muon/muon.hpp>
 #include <random>
@@ -28,11 +30,11 @@ double ns_flops(std::int64_t batch, std::int64_t rows, std::int64_t cols, int st
   return static_cast<double>(batch) * steps * (4 * n * n * m + 2 * n * n * n);
 }
 
-// Args: batch, rows, cols, symmetric products (0/1).
+// Args: batch, rows, cols, symmetric products (0/1), bf16 products (0/1).
 void BM_orthogonalize(benchmark::State& state) {
   const std::int64_t batch = state.range(0), rows = state.range(1), cols = state.range(2);
   const muon::NsOptions options{.symmetric_products = state.range(3) != 0};
-  muon::EigenBackend cpu;
+  muon::EigenBackend cpu({.ns_precision = state.range(4) != 0 ? muon::NsPrecision::bf16 : muon::NsPrecision::fp32});
   const auto input = random_values(static_cast<std::size_t>(batch * rows * cols), 1);
   auto x = input;
   const muon::MatrixStack<float> stack{x.data(), batch, rows, cols};
@@ -48,14 +50,23 @@ void BM_orthogonalize(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// bf16 products where oneDNN is built in (they run on any x86 CPU, fast only with bf16 instructions).
+#ifdef MUON_HAS_ONEDNN
+constexpr int kBf16Choices = 2;
+#else
+constexpr int kBf16Choices = 1;
+#endif
+
 void ns_shapes(benchmark::internal::Benchmark* b) {
-  for (int symmetric : {1, 0}) {
-    for (const auto& [rows, cols] : {std::pair{2048, 2048}, {3072, 2048}, {576, 2048}, {4096, 512},
-                                     {1408, 2048}, {2048, 1408}})
-      b->Args({1, rows, cols, symmetric});
-    b->Args({8, 1408, 2048, symmetric});  // 8 experts of one layer, one batched call
+  for (int bf16 = 0; bf16 < kBf16Choices; ++bf16) {
+    for (int symmetric : {1, 0}) {
+      for (const auto& [rows, cols] : {std::pair{2048, 2048}, {3072, 2048}, {576, 2048}, {4096, 512},
+                                       {1408, 2048}, {2048, 1408}})
+        b->Args({1, rows, cols, symmetric, bf16});
+      b->Args({8, 1408, 2048, symmetric, bf16});  // 8 experts of one layer, one batched call
+    }
   }
-  b->ArgNames({"batch", "rows", "cols", "symmetric"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  b->ArgNames({"batch", "rows", "cols", "symmetric", "bf16"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 BENCHMARK(BM_orthogonalize)->Apply(ns_shapes);
 
@@ -82,6 +93,28 @@ void BM_gram_vs_gemm(benchmark::State& state) {
 BENCHMARK(BM_gram_vs_gemm)->Args({2048, 1})->Args({2048, 0})->ArgNames({"n", "symmetric"})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
+#ifdef MUON_HAS_ONEDNN
+// bf16 X·Xᵀ (n×k) with T lower tile pairs (EigenOptions::symmetric_tile_min), against T = 1,
+// the whole product: which tile side is worth its smaller products. GFLOP/s counts 2n²k.
+void BM_gram_bf16_tiles(benchmark::State& state) {
+  const std::int64_t n = state.range(0), k = state.range(1), tiles = state.range(2);
+  muon::EigenBackend cpu({.ns_precision = muon::NsPrecision::bf16, .symmetric_tile_min = tiles == 1 ? n + 1 : n / tiles});
+  const auto x = random_values(static_cast<std::size_t>(n * k), 8);
+  std::vector<float> c(static_cast<std::size_t>(n * n));
+  for (auto _ : state) {
+    cpu.gram(1.0f, {x.data(), 1, n, k}, muon::GramSide::rows, 0.0f, {c.data(), 1, n, n});
+    benchmark::DoNotOptimize(c.data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(n * n * k) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_gram_bf16_tiles)
+    ->ArgsProduct({{2048}, {2048}, {1, 2, 4}})
+    ->ArgsProduct({{1408}, {2048}, {1, 2}})
+    ->Args({1024, 2048, 1})->Args({1024, 2048, 2})->Args({1024, 2048, 4})
+    ->ArgNames({"n", "k", "tiles"})->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
+
 // One full step over a Moonlight-shaped table at 1/8 width (moonlight_table.hpp).
 void BM_optimizer_step(benchmark::State& state) {
   std::vector<std::vector<float>> values, grads;
@@ -96,10 +129,13 @@ void BM_optimizer_step(benchmark::State& state) {
 }
 BENCHMARK(BM_optimizer_step)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// AdamW moves 7 floats per element (reads W, G, m, v; writes W, m, v).
+// AdamW moves 7 floats per element (reads W, G, m, v; writes W, m, v; each written line was read
+// first, so there is no hidden write-allocate traffic). Arg: the CpuIsa level of the loops.
 void BM_adamw(benchmark::State& state) {
+  const auto isa = static_cast<muon::CpuIsa>(state.range(1));
+  if (!muon::cpu_supports(isa)) return state.SkipWithError("this CPU does not support the level");
   const auto n = static_cast<std::size_t>(state.range(0));
-  muon::EigenBackend cpu;
+  muon::EigenBackend cpu({.isa = isa});
   auto w = random_values(n, 4), g = random_values(n, 5), m = std::vector<float>(n), v = std::vector<float>(n);
   std::int64_t step = 0;
   for (auto _ : state) {
@@ -109,25 +145,39 @@ void BM_adamw(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(7.0 * 4.0 * static_cast<double>(n) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_adamw)->Arg(1 << 24)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_adamw)->ArgsProduct({{1 << 24}, {0, 1, 2}})->ArgNames({"n", "isa"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// The bandwidth to compare with: a copy reads and writes 4 bytes per element (8 in all), with
-// the same threads as the backend's elementwise loops.
-void BM_memory_copy(benchmark::State& state) {
+// The bound to compare with: a STREAM triad a = b + s·c on the same threads, counted as STREAM
+// counts it (12 bytes per element). With plain stores the CPU also reads each line of `a` before
+// writing it, traffic the count leaves out; non-temporal stores skip that read. The better of
+// the two is the bandwidth an elementwise loop can reach. Arg: non-temporal stores (0/1).
+void BM_stream_triad(benchmark::State& state) {
   const auto n = static_cast<std::int64_t>(state.range(0));
-  const auto src = random_values(static_cast<std::size_t>(n), 6);
-  std::vector<float> dst(static_cast<std::size_t>(n));
+  const bool non_temporal = state.range(1) != 0;
+  const auto b = random_values(static_cast<std::size_t>(n), 6), c = random_values(static_cast<std::size_t>(n), 7);
+  std::vector<float, Eigen::aligned_allocator<float>> a(static_cast<std::size_t>(n));
+  const float s = 3.0f;
   for (auto _ : state) {
-    const float* s = src.data();
-    float* d = dst.data();
+    float* pa = a.data();
+    const float* pb = b.data();
+    const float* pc = c.data();
+    if (non_temporal) {
+#pragma omp parallel for
+      for (std::int64_t i = 0; i < n; i += 4)  // n is a multiple of 4; `a` is 16-byte aligned
+        _mm_stream_ps(pa + i, _mm_add_ps(_mm_loadu_ps(pb + i), _mm_mul_ps(_mm_set1_ps(s), _mm_loadu_ps(pc + i))));
+      _mm_sfence();
+    } else {
 #pragma omp parallel for simd
-    for (std::int64_t i = 0; i < n; ++i) d[i] = s[i];
+      for (std::int64_t i = 0; i < n; ++i) pa[i] = pb[i] + s * pc[i];
+    }
     benchmark::ClobberMemory();
   }
-  state.counters["GB/s"] = benchmark::Counter(8.0 * static_cast<double>(n) * 1e-9,
+  state.counters["GB/s"] = benchmark::Counter(12.0 * static_cast<double>(n) * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_memory_copy)->Arg(1 << 24)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_stream_triad)->ArgsProduct({{1 << 24}, {0, 1}})->ArgNames({"n", "non_temporal"})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -57,7 +57,9 @@ DOCTEST_TEST_CASE("the adapter equals the core's Eigen backend on the same data"
   muon::Optimizer<muon::EigenBackend> core({{"w", muon::Role::matrix, {w0.data(), {24, 16}}, {g0.data(), {24, 16}}},
                                             {"e", muon::Role::matrix, {w1.data(), {3, 12, 16}}, {g1.data(), {3, 12, 16}}},
                                             {"b", muon::Role::bias, {b.data(), {16}}, {gb.data(), {16}}}},
-                                           options.core());
+                                           options.core(),
+                                           // fp32, as the adapter's LibTorch products
+                                           muon::EigenBackend({.ns_precision = muon::NsPrecision::fp32}));
   for (int step = 0; step < 3; ++step) {
     net.set_gradients(100 + step);
     copy_in(net.params[0].grad(), g0);

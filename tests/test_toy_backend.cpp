@@ -127,7 +127,9 @@ TEST_CASE("the toy backend runs the same Muon and AdamW rules") {
 TEST_CASE("Eigen backend equals the toy backend on the same steps") {
   Model a, b;
   muon::Optimizer<ToyBackend> toy(a.table(), {.lr = 0.02, .max_grad_norm = 1.0});
-  muon::Optimizer<muon::EigenBackend> eigen(b.table(), {.lr = 0.02, .max_grad_norm = 1.0});
+  // fp32 products: the toy backend multiplies in fp32 (the bf16 path has its own tests).
+  muon::Optimizer<muon::EigenBackend> eigen(b.table(), {.lr = 0.02, .max_grad_norm = 1.0},
+                                            muon::EigenBackend({.ns_precision = muon::NsPrecision::fp32}));
   for (int i = 0; i < 3; ++i) {
     (void)toy.step();
     (void)eigen.step();
@@ -140,7 +142,7 @@ TEST_CASE("Eigen backend equals the toy backend on the same steps") {
 
 TEST_CASE("every Eigen backend operation conforms to the toy backend") {
   ToyBackend toy;
-  muon::EigenBackend cpu;
+  muon::EigenBackend cpu({.ns_precision = muon::NsPrecision::fp32});
   const auto a = random_values(2 * 6 * 9, 11), b = random_values(2 * 9 * 5, 12), c0 = random_values(2 * 6 * 5, 13);
   const auto close = [](const std::vector<float>& x, const std::vector<float>& y) {
     for (std::size_t i = 0; i < x.size(); ++i) CHECK(x[i] == doctest::Approx(y[i]).epsilon(1e-5));

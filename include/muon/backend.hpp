@@ -25,6 +25,11 @@ namespace muon {
 
 enum class Transpose : bool { no = false, yes = true };
 
+// The operand precision of a backend's matrix products, that is of Newton–Schulz: fp32, or bf16
+// operands with fp32 accumulation and results (as torch.optim.Muon and Moonlight run NS).
+// `automatic` is bf16 where the hardware multiplies bf16 natively, fp32 elsewhere.
+enum class NsPrecision { automatic, fp32, bf16 };
+
 // Which Gram matrix of X (r×c): X·Xᵀ (r×r, `rows`) or Xᵀ·X (c×c, `cols`).
 enum class GramSide { rows, cols };
 

@@ -108,6 +108,8 @@ int main(int argc, char** argv) {
   train->add_option("--lr", train_args.lr, "override training.lr");
   train->add_option("--weight-decay", train_args.weight_decay, "override training.weight_decay");
   train->add_option("--schedule", train_args.schedule, "override training.schedule: wsd, cosine or constant");
+  train->add_option("--ns-precision", train_args.ns_precision,
+                    "override training.ns_precision: automatic (bf16 where the CPU has bf16 instructions), fp32 or bf16");
   train->add_option("--warmup-steps", train_args.warmup_steps, "override training.warmup_steps");
   train->add_option("--aux-loss-alpha", train_args.aux_loss_alpha, "override training.aux_loss_alpha");
   train->add_option("--bias-update-rate", train_args.bias_update_rate, "override training.bias_update_rate");

@@ -45,7 +45,7 @@ struct TrainArgs {
   bool resume = false;
   std::optional<std::int64_t> steps, seq_len, micro_batch, grad_accum, checkpoint_every, eval_every, warmup_steps;
   std::optional<double> lr, weight_decay, aux_loss_alpha, bias_update_rate;
-  std::optional<std::string> optimizer, schedule;
+  std::optional<std::string> optimizer, schedule, ns_precision;
   std::optional<std::uint64_t> seed;
   std::string sample_prompt;
   std::int64_t sample_tokens = 48;
@@ -68,6 +68,7 @@ inline void apply_overrides(const TrainArgs& a, TrainOptions& o) {
   set(a.bias_update_rate, o.bias_update_rate);
   set(a.optimizer, o.optimizer);
   set(a.schedule, o.schedule);
+  set(a.ns_precision, o.ns_precision);
   set(a.seed, o.seed);
   validate(o);
 }

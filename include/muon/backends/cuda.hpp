@@ -57,11 +57,8 @@ class CudaError : public Error {
   using Error::Error;
 };
 
-// The operand precision of the matrix products (Newton–Schulz and anything else using gemm/gram).
-enum class NsPrecision { bf16, fp32 };
-
 struct CudaOptions {
-  NsPrecision ns_precision = NsPrecision::bf16;
+  NsPrecision ns_precision = NsPrecision::bf16;  // automatic is bf16 too: every GPU this targets has it
   // bf16 `gram` splits the n×n result into tiles of side n/T (T = 4 or 2, the tile a multiple of
   // 64) and computes only the T(T+1)/2 upper tile pairs when a tile is at least this big; smaller
   // tiles lose more GEMM efficiency than the 25–37% of flops they save. Untuned: measure on the GPU.
@@ -260,7 +257,7 @@ class CudaBackend {
     if (c.size() == 0) return;
     context_->bind(options_.cublas_workspace_bytes);
     const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
-    const bool bf16 = options_.ns_precision == NsPrecision::bf16;
+    const bool bf16 = options_.ns_precision != NsPrecision::fp32;
     const void* pa = a.data;
     const void* pb = b.data;
     if (bf16) {
@@ -356,7 +353,7 @@ class CudaBackend {
   // nothing, in fp32 precision and for the shapes `options` sends to Gram Newton–Schulz: the
   // portable path runs those. Stacks run in chunks of ns_batch_limit matrices.
   [[nodiscard]] bool takes_newton_schulz(std::int64_t rows, std::int64_t cols, const NsOptions& o) const {
-    return options_.ns_precision == NsPrecision::bf16 && !uses_gram_ns(o, rows, cols);
+    return options_.ns_precision != NsPrecision::fp32 && !uses_gram_ns(o, rows, cols);
   }
   void newton_schulz(MatrixStack<float> x, const NsOptions& o) {
     const std::int64_t chunk = ns_batch_limit(x.rows, x.cols);

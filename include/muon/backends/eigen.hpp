@@ -5,10 +5,12 @@
 // kernels are chosen at run time for the CPU, so they are fast whatever -march the user compiles
 // with, and SSYRK computes X·Xᵀ in about 0.64× a GEMM's time (docs/performance.md). Without
 // OpenBLAS, Eigen's own GEMM and rank update serve. `gram` fills one triangle and mirrors it.
-// Elementwise operations are plain loops that the compiler vectorises, parallelised with OpenMP
-// where it is enabled.
+// The elementwise operations run the loops of cpu/elementwise.hpp, compiled for every x86 level
+// and chosen for this CPU at run time (a backend can be pinned to a level), parallelised with
+// OpenMP where it is enabled.
 //
 //   muon::Optimizer<muon::EigenBackend> opt(params, muon::Options{.lr = 4.2e-4});
+//   muon::EigenBackend portable(muon::CpuIsa::baseline);  // the same bits on every x86 CPU
 #pragma once
 
 #include <Eigen/Core>
@@ -18,16 +20,59 @@
 #include <vector>
 
 #include "muon/backend.hpp"
+#include "muon/cpu/elementwise.hpp"
+#include "muon/cpu/isa.hpp"
+#include "muon/error.hpp"
 #include "muon/orthogonalize.hpp"
 
 #ifdef MUON_HAS_OPENBLAS
 #include <cblas.h>
 #endif
+#ifdef MUON_HAS_ONEDNN
+#include <memory>
+
+#include "muon/cpu/bf16_matmul.hpp"
+#endif
 
 namespace muon {
 
+struct EigenOptions {
+  // The level of the elementwise loops: by default the widest this CPU supports.
+  CpuIsa isa = detected_cpu_isa();
+  // The products' operand precision. `automatic` is bf16 where the CPU multiplies bf16 in
+  // hardware (cpu_has_bf16_instructions) and oneDNN is built in (MUON_ENABLE_ONEDNN), else fp32.
+  // bf16 rounds each product's operands to bf16 (nearest even) and accumulates in fp32.
+  NsPrecision ns_precision = NsPrecision::automatic;
+  // bf16 `gram` computes the lower tile pairs of the n×n result only, with tiles of side n/4 or
+  // n/2 when that side is at least this (smaller tiles lose more speed than the 25–37% of flops
+  // they save; measured in docs/performance.md), else the whole product.
+  std::int64_t symmetric_tile_min = 512;
+};
+
 class EigenBackend {
  public:
+  EigenBackend() : EigenBackend(EigenOptions{}) {}
+  explicit EigenBackend(EigenOptions options)
+      : kernels_(&cpu::elementwise_kernels(options.isa)), tile_min_(options.symmetric_tile_min) {
+    if (!cpu_supports(options.isa))
+      throw InvalidArgument("EigenOptions.isa: this CPU does not support the instruction set '" +
+                            std::string(to_string(options.isa)) + "'; use muon::detected_cpu_isa() or CpuIsa::baseline");
+    if (tile_min_ < 1) throw InvalidArgument("EigenOptions.symmetric_tile_min must be >= 1");
+#ifdef MUON_HAS_ONEDNN
+    const bool bf16 = options.ns_precision == NsPrecision::bf16 ||
+                      (options.ns_precision == NsPrecision::automatic && cpu_has_bf16_instructions());
+    if (bf16) bf16_ = std::make_shared<cpu::Bf16Matmul>();
+#else
+    if (options.ns_precision == NsPrecision::bf16)
+      throw InvalidArgument("EigenOptions.ns_precision: bf16 products need oneDNN; build with MUON_ENABLE_ONEDNN "
+                            "(Debian: libdnnl-dev) or use NsPrecision::fp32");
+#endif
+  }
+
+  [[nodiscard]] CpuIsa isa() const { return kernels_->isa; }
+  // The precision the products run in: fp32 or bf16, never automatic.
+  [[nodiscard]] NsPrecision ns_precision() const { return bf16_ ? NsPrecision::bf16 : NsPrecision::fp32; }
+
   // Host memory, zero-filled, aligned for Eigen's vectorised kernels.
   class Buffer {
    public:
@@ -46,6 +91,9 @@ class EigenBackend {
             Transpose tb, float beta, MatrixStack<float> c) {
     const std::int64_t m = ta == Transpose::yes ? a.cols : a.rows;
     const std::int64_t n = tb == Transpose::yes ? b.rows : b.cols;
+#ifdef MUON_HAS_ONEDNN
+    if (bf16_) return gemm_bf16(alpha, a, ta, b, tb, beta, c, m, n);
+#endif
     for (std::int64_t i = 0; i < c.batch; ++i) {
 #ifdef MUON_HAS_OPENBLAS
       const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
@@ -67,6 +115,9 @@ class EigenBackend {
   }
 
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
+#ifdef MUON_HAS_ONEDNN
+    if (bf16_) return gram_bf16(alpha, x, side, beta, c);
+#endif
     for (std::int64_t i = 0; i < c.batch; ++i) {
 #ifdef MUON_HAS_OPENBLAS
       const bool rows = side == GramSide::rows;
@@ -90,16 +141,9 @@ class EigenBackend {
   }
 
   void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) {
-    const auto n = static_cast<std::int64_t>(y.size());
-    const float* xs = x.data();
-    float* ys = y.data();
-    if (beta == 0.0f) {
-#pragma omp parallel for simd if (n > kParallelMin)
-      for (std::int64_t i = 0; i < n; ++i) ys[i] = alpha * xs[i];
-    } else {
-#pragma omp parallel for simd if (n > kParallelMin)
-      for (std::int64_t i = 0; i < n; ++i) ys[i] = alpha * xs[i] + beta * ys[i];
-    }
+    for_blocks(y.size(), [&](std::int64_t begin, std::int64_t len) {
+      kernels_->axpby(alpha, x.data() + begin, beta, y.data() + begin, len);
+    });
   }
 
   void normalize(MatrixStack<float> x, float eps, NormEps mode) {
@@ -108,47 +152,36 @@ class EigenBackend {
       const double norm = std::sqrt(sum_squares(m));
       const double denom = mode == NormEps::add ? norm + eps : std::max(norm, double{eps});
       const auto inv = static_cast<float>(1.0 / denom);
-      for (float& v : m) v *= inv;
+      for_blocks(m.size(), [&](std::int64_t begin, std::int64_t len) { kernels_->scale(m.data() + begin, len, inv); });
     }
   }
 
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
-    const auto n = static_cast<std::int64_t>(m.size());
-    float* ms = m.data();
-    float* us = u.data();
-    const float* gs = g.data();
-    const float mu = s.mu, scale = s.grad_scale;
-    const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - mu;  // weight of G in the buffer
-#pragma omp parallel for simd if (n > kParallelMin)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const float gi = gs[i] * scale;
-      const float mi = mu * ms[i] + gain * gi;
-      ms[i] = mi;
-      us[i] = s.nesterov ? gain * gi + mu * mi : mi;
-    }
+    const cpu::MomentumFactors f{.mu = s.mu,
+                                 .gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu,  // weight of G in M
+                                 .grad_scale = s.grad_scale,
+                                 .nesterov = s.nesterov};
+    for_blocks(m.size(), [&](std::int64_t begin, std::int64_t len) {
+      kernels_->momentum(m.data() + begin, g.data() + begin, u.data() + begin, len, f);
+    });
   }
 
+  // torch's single-tensor AdamW, in its order: decay, moments, then
+  // W -= (lr / bc1) · m / (√v / √bc2 + ε).
   void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v,
              AdamWStep s) {
-    const auto n = static_cast<std::int64_t>(w.size());
     const auto t = static_cast<double>(s.step);
-    // torch's single-tensor AdamW, in its order: decay, moments, then
-    // W -= (lr / bc1) · m / (√v / √bc2 + ε).
-    const auto bc1 = static_cast<float>(1.0 - std::pow(double{s.beta1}, t));
-    const auto bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t)));
-    const float step_size = s.lr / bc1;
-    const float decay = 1.0f - s.lr * s.weight_decay;
-    // Eigen's array expressions, in cache-sized chunks: its packet sqrt vectorises whatever the
-    // compiler flags, where std::sqrt in a loop needs -fno-math-errno.
-#pragma omp parallel for if (n > kParallelMin)
-    for (std::int64_t begin = 0; begin < n; begin += kChunk) {
-      const std::int64_t len = std::min(kChunk, n - begin);
-      Eigen::Map<Eigen::ArrayXf> W(w.data() + begin, len), M(m.data() + begin, len), V(v.data() + begin, len);
-      const auto G = Eigen::Map<const Eigen::ArrayXf>(g.data() + begin, len) * s.grad_scale;
-      M += (G - M) * (1.0f - s.beta1);
-      V = V * s.beta2 + (1.0f - s.beta2) * G * G;
-      W = W * decay - step_size * (M / (V.sqrt() / bc2_sqrt + s.eps));
-    }
+    const cpu::AdamWFactors f{
+        .beta1 = s.beta1,
+        .beta2 = s.beta2,
+        .eps = s.eps,
+        .step_size = s.lr / static_cast<float>(1.0 - std::pow(double{s.beta1}, t)),
+        .decay = 1.0f - s.lr * s.weight_decay,
+        .bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t))),
+        .grad_scale = s.grad_scale};
+    for_blocks(w.size(), [&](std::int64_t begin, std::int64_t len) {
+      kernels_->adamw(w.data() + begin, g.data() + begin, m.data() + begin, v.data() + begin, len, f);
+    });
   }
 
   // Newton–Schulz takes a stack in chunks of about 16 MiB of matrices, so that one matrix's
@@ -157,9 +190,17 @@ class EigenBackend {
     return std::max<std::int64_t>(1, (std::int64_t{1} << 22) / (rows * cols));
   }
 
+  // Blocks of a fixed size, added in order: the same sum whatever the number of threads.
   [[nodiscard]] double sum_squares(std::span<const float> x) {
+    const auto n = static_cast<std::int64_t>(x.size());
+    const std::int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+    if (blocks <= 1) return kernels_->sum_squares(x.data(), n);
+    std::vector<double> partial(static_cast<std::size_t>(blocks));
+#pragma omp parallel for if (n > kParallelMin)
+    for (std::int64_t b = 0; b < blocks; ++b)
+      partial[static_cast<std::size_t>(b)] = kernels_->sum_squares(x.data() + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock));
     double total = 0.0;
-    for (const float v : x) total += double{v} * double{v};
+    for (const double p : partial) total += p;
     return total;
   }
 
@@ -175,19 +216,91 @@ class EigenBackend {
   using Map = Eigen::Map<RowMajor>;
   using ConstMap = Eigen::Map<const RowMajor>;
   static constexpr std::int64_t kParallelMin = 1 << 16;  // below this, threads cost more than they save
-  static constexpr std::int64_t kChunk = 1 << 12;        // elements per chunk: four streams stay in L1/L2
+  static constexpr std::int64_t kBlock = 1 << 14;        // elements per thread's share, a multiple of every lane count
+  static constexpr std::int64_t kSumBlock = 1 << 16;     // sum_squares' fixed blocks
 
-
-  // Copies the lower triangle of a row-major n×n matrix onto the upper one, in tiles so that the
-  // transposed reads stay in cache.
-  static void mirror_lower(float* c, std::int64_t n) {
-    constexpr std::int64_t kTile = 64;
-#pragma omp parallel for schedule(dynamic) if (n >= 512)
-    for (std::int64_t ib = 0; ib < n; ib += kTile)
-      for (std::int64_t jb = 0; jb <= ib; jb += kTile)
-        for (std::int64_t i = ib; i < std::min(ib + kTile, n); ++i)
-          for (std::int64_t j = jb; j < std::min(jb + kTile, i); ++j) c[j * n + i] = c[i * n + j];
+  // Runs fn(begin, length) over [0, n) in blocks, on OpenMP's threads when n is large.
+  template <class Fn>
+  static void for_blocks(std::size_t size, Fn fn) {
+    const auto n = static_cast<std::int64_t>(size);
+    if (n <= kParallelMin) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+#pragma omp parallel for schedule(static)
+    for (std::int64_t begin = 0; begin < n; begin += kBlock) fn(begin, std::min(kBlock, n - begin));
   }
+
+  // Copies the lower triangle of a row-major n×n matrix onto the upper one, in row tiles.
+  void mirror_lower(float* c, std::int64_t n) const {
+    constexpr std::int64_t kTile = 64;  // cpu::ElementwiseKernels::mirror_lower's own tile
+#pragma omp parallel for schedule(dynamic) if (n >= 512)
+    for (std::int64_t ib = 0; ib < n; ib += kTile) kernels_->mirror_lower(c, n, ib, std::min(ib + kTile, n));
+  }
+
+#ifdef MUON_HAS_ONEDNN
+  using Bf16 = std::vector<std::uint16_t>;
+
+  // The bf16 bit patterns of x, in `out` (grown as needed).
+  const std::uint16_t* rounded_to_bf16(std::span<const float> x, Bf16& out) {
+    if (out.size() < x.size()) out.resize(x.size());
+    for_blocks(x.size(), [&](std::int64_t begin, std::int64_t len) {
+      kernels_->to_bf16(x.data() + begin, out.data() + begin, len);
+    });
+    return out.data();
+  }
+
+  // op(X) of a row-major rows×cols stack as a strided bf16 stack.
+  static cpu::StridedStack<const std::uint16_t> operand(const std::uint16_t* data, MatrixStack<const float> x,
+                                                       Transpose t) {
+    return t == Transpose::no ? cpu::StridedStack<const std::uint16_t>{data, x.matrix_size(), x.cols, 1}
+                              : cpu::StridedStack<const std::uint16_t>{data, x.matrix_size(), 1, x.cols};
+  }
+
+  void gemm_bf16(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb,
+                 float beta, MatrixStack<float> c, std::int64_t m, std::int64_t n) {
+    const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
+    const std::uint16_t* a16 = rounded_to_bf16(a.span(), bf16_a_);
+    const bool same = a.data == b.data && a.size() == b.size();  // X·Xᵀ and A·A round once
+    const std::uint16_t* b16 = same ? a16 : rounded_to_bf16(b.span(), bf16_b_);
+    bf16_->run({c.batch, m, n, k}, alpha, operand(a16, a, ta), operand(b16, b, tb), beta,
+               {c.data, c.matrix_size(), c.cols, 1});
+  }
+
+  // C = α·L·Lᵀ + β·C with L = X (side rows) or Xᵀ (side cols), n×k. With T tiles of side t = n/T,
+  // the lower tile pairs C[i][i−d] = L_i·L_{i−d}ᵀ of one diagonal d form a strided batch of T − d
+  // products: T calls per matrix for T(T+1)/2 of the T² tiles. Then the upper triangle is mirrored.
+  void gram_bf16(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
+    const bool rows = side == GramSide::rows;
+    const std::int64_t n = c.rows, k = rows ? x.cols : x.rows;
+    const std::int64_t rs = rows ? x.cols : 1, cs = rows ? 1 : x.cols;  // L(i, j) at i·rs + j·cs
+    const std::uint16_t* x16 = rounded_to_bf16(x.span(), bf16_a_);
+    std::int64_t tiles = 1;
+    for (const std::int64_t t : {4, 2})
+      if (n % (16 * t) == 0 && n / t >= tile_min_) {
+        tiles = t;
+        break;
+      }
+    if (tiles == 1) {
+      bf16_->run({c.batch, n, n, k}, alpha, {x16, x.matrix_size(), rs, cs}, {x16, x.matrix_size(), cs, rs}, beta,
+                 {c.data, c.matrix_size(), n, 1});
+    } else {
+      const std::int64_t t = n / tiles;
+      for (std::int64_t b = 0; b < c.batch; ++b) {
+        const std::uint16_t* xb = x16 + b * x.matrix_size();
+        for (std::int64_t d = 0; d < tiles; ++d)
+          bf16_->run({tiles - d, t, t, k}, alpha, {xb + d * t * rs, t * rs, rs, cs}, {xb, t * rs, cs, rs}, beta,
+                     {c.matrix(b) + d * t * n, t * n + t, n, 1});
+      }
+    }
+    for (std::int64_t b = 0; b < c.batch; ++b) mirror_lower(c.matrix(b), n);
+  }
+
+  std::shared_ptr<cpu::Bf16Matmul> bf16_;  // set when the products run in bf16
+  Bf16 bf16_a_, bf16_b_;                   // the rounded operands
+#endif
+  const cpu::ElementwiseKernels* kernels_;
+  std::int64_t tile_min_;
 #ifdef MUON_HAS_OPENBLAS
   static CBLAS_TRANSPOSE blas_op(Transpose t) { return t == Transpose::yes ? CblasTrans : CblasNoTrans; }
   static blasint blas_int(std::int64_t v) { return static_cast<blasint>(v); }

@@ -24,6 +24,7 @@
 
 #include "moonlight/config.hpp"
 #include "muon/error.hpp"
+#include "muon/backends/eigen.hpp"
 #include "muon/options.hpp"
 
 namespace moonlight {
@@ -49,6 +50,9 @@ struct TrainOptions {
   std::int64_t checkpoint_every = 0;  // steps between checkpoints; 0: only at the end
   std::int64_t keep_checkpoints = 2;  // the newest this many are kept
   std::uint64_t seed = 1;             // initial weights and data order
+  // Newton–Schulz's products: "automatic" (bf16 where the CPU has bf16 instructions, else fp32),
+  // "fp32" or "bf16" (muon::NsPrecision).
+  std::string ns_precision = "automatic";
 };
 
 namespace detail {
@@ -95,6 +99,7 @@ inline const std::map<std::string, OptionField>& option_fields() {
       {"checkpoint_every", option_field("checkpoint_every", &TrainOptions::checkpoint_every)},
       {"keep_checkpoints", option_field("keep_checkpoints", &TrainOptions::keep_checkpoints)},
       {"seed", option_field("seed", &TrainOptions::seed)},
+      {"ns_precision", option_field("ns_precision", &TrainOptions::ns_precision)},
   };
   return fields;
 }
@@ -121,6 +126,9 @@ inline void validate(const TrainOptions& o) {
   if (o.schedule != "constant" && o.warmup_steps >= o.steps) {
     fail("warmup_steps", "(" + std::to_string(o.warmup_steps) + ") must be below training.steps (" +
                              std::to_string(o.steps) + ")");
+  }
+  if (o.ns_precision != "automatic" && o.ns_precision != "fp32" && o.ns_precision != "bf16") {
+    fail("ns_precision", "is '" + o.ns_precision + "'; use \"automatic\", \"fp32\" or \"bf16\"");
   }
   if (!(o.decay_fraction > 0.0 && o.decay_fraction <= 1.0)) fail("decay_fraction", "must be in (0, 1]");
   if (!(o.val_fraction >= 0.0 && o.val_fraction < 1.0)) fail("val_fraction", "must be in [0, 1)");
@@ -179,6 +187,13 @@ struct RunConfig {
   } catch (const muon::InvalidArgument& e) {  // ConfigError included: the message names the field
     throw muon::InvalidArgument(where(e));
   }
+}
+
+// The CPU backend of a run: its Newton–Schulz precision.
+[[nodiscard]] inline muon::EigenOptions backend_options(const TrainOptions& o) {
+  return {.ns_precision = o.ns_precision == "fp32"   ? muon::NsPrecision::fp32
+                          : o.ns_precision == "bf16" ? muon::NsPrecision::bf16
+                                                     : muon::NsPrecision::automatic};
 }
 
 // The core optimizer's settings for a run: Moonlight's defaults with the run's lr, decay, clipping

@@ -126,7 +126,8 @@ class Trainer {
         weights_(run_.model),
         grads_(weights_.data().size(), 0.0f),
         optimizer_(training_parameters(weights_, grads_, run_.training.optimizer),
-                   optimizer_options(run_.training), std::move(comm)),
+                   optimizer_options(run_.training), std::move(comm),
+                   muon::EigenBackend(backend_options(run_.training))),
         order_(data.train_count(), run_.training.seed) {
     initialize_weights(weights_, run_.model, run_.training.seed);
     if (data.seq_len() != run_.training.seq_len) {
