@@ -244,3 +244,53 @@ TEST_CASE("every supported level rounds to bf16 to nearest even, keeping NaN and
     }
   }
 }
+
+TEST_CASE("every supported level mirrors the lower triangle exactly, whatever the row split") {
+  for (const std::int64_t n : {1, 15, 16, 64, 77, 200}) {
+    const auto c0 = random_values(static_cast<std::size_t>(n * n), 16);
+    auto want = c0;
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < i; ++j) want[static_cast<std::size_t>(j * n + i)] = want[static_cast<std::size_t>(i * n + j)];
+    for (const CpuIsa isa : supported_levels()) {
+      CAPTURE(muon::to_string(isa));
+      CAPTURE(n);
+      auto whole = c0, split = c0;
+      cpu::elementwise_kernels(isa).mirror_lower(whole.data(), n, 0, n);
+      for (std::int64_t r = 0; r < n; r += 16) cpu::elementwise_kernels(isa).mirror_lower(split.data(), n, r, std::min(r + 16, n));
+      CHECK(whole == want);
+      CHECK(split == want);
+    }
+  }
+}
+
+TEST_CASE("results do not depend on how the memory is aligned") {
+  const auto g = random_values(kN + 16, 17), w0 = random_values(kN + 16, 18), m0 = random_values(kN + 16, 19);
+  const auto v0 = random_values(kN + 16, 20, 0.0f, 1.0f);
+  const cpu::AdamWFactors af{.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step_size = 0.05f, .decay = 0.999f,
+                             .bc2_sqrt = 0.3f, .grad_scale = 1.0f};
+  for (const CpuIsa isa : supported_levels()) {
+    CAPTURE(muon::to_string(isa));
+    const cpu::ElementwiseKernels& k = cpu::elementwise_kernels(isa);
+    std::vector<float> first_w;
+    double first_sum = 0.0;
+    for (std::size_t offset = 0; offset < 16; ++offset) {
+      // The same values at another address: copied `offset` floats further into the buffers.
+      std::vector<float> w(kN + 16), m(kN + 16), v(kN + 16), gs(kN + 16);
+      std::copy_n(w0.begin(), kN, w.begin() + static_cast<std::ptrdiff_t>(offset));
+      std::copy_n(m0.begin(), kN, m.begin() + static_cast<std::ptrdiff_t>(offset));
+      std::copy_n(v0.begin(), kN, v.begin() + static_cast<std::ptrdiff_t>(offset));
+      std::copy_n(g.begin(), kN, gs.begin() + static_cast<std::ptrdiff_t>(offset));
+      k.adamw(w.data() + offset, gs.data() + offset, m.data() + offset, v.data() + offset, kN, af);
+      const std::vector<float> got(w.begin() + static_cast<std::ptrdiff_t>(offset),
+                                   w.begin() + static_cast<std::ptrdiff_t>(offset + kN));
+      const double sum = k.sum_squares(gs.data() + offset, kN);
+      if (offset == 0) {
+        first_w = got;
+        first_sum = sum;
+      }
+      CAPTURE(offset);
+      CHECK(got == first_w);
+      CHECK(sum == first_sum);
+    }
+  }
+}

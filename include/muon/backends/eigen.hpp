@@ -16,6 +16,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -46,7 +47,7 @@ struct EigenOptions {
   // bf16 `gram` computes the lower tile pairs of the n×n result only, with tiles of side n/4 or
   // n/2 when that side is at least this (smaller tiles lose more speed than the 25–37% of flops
   // they save; measured in docs/performance.md), else the whole product.
-  std::int64_t symmetric_tile_min = 512;
+  std::int64_t symmetric_tile_min = 256;
 };
 
 class EigenBackend {
@@ -61,7 +62,19 @@ class EigenBackend {
 #ifdef MUON_HAS_ONEDNN
     const bool bf16 = options.ns_precision == NsPrecision::bf16 ||
                       (options.ns_precision == NsPrecision::automatic && cpu_has_bf16_instructions());
-    if (bf16) bf16_ = std::make_shared<cpu::Bf16Matmul>();
+    if (bf16) {
+      // Fail here rather than in the middle of a step: automatic falls back to fp32, a forced
+      // bf16 is an error.
+      try {
+        auto matmul = std::make_shared<cpu::Bf16Matmul>();
+        (void)matmul->kernel_name({1, 32, 32, 32});
+        bf16_ = std::move(matmul);
+      } catch (const dnnl::error& e) {
+        if (options.ns_precision == NsPrecision::bf16)
+          throw InvalidArgument(std::string("EigenOptions.ns_precision: oneDNN has no bf16 matmul here (") + e.what() +
+                                "); use NsPrecision::fp32");
+      }
+    }
 #else
     if (options.ns_precision == NsPrecision::bf16)
       throw InvalidArgument("EigenOptions.ns_precision: bf16 products need oneDNN; build with MUON_ENABLE_ONEDNN "
@@ -70,10 +83,38 @@ class EigenBackend {
   }
 
   [[nodiscard]] CpuIsa isa() const { return kernels_->isa; }
-  // The precision the products run in: fp32 or bf16, never automatic.
-  [[nodiscard]] NsPrecision ns_precision() const { return bf16_ ? NsPrecision::bf16 : NsPrecision::fp32; }
 
-  // Host memory, zero-filled, aligned for Eigen's vectorised kernels.
+  // How many tiles per side a bf16 `gram` of an n×n result uses: 4 or 2 when the tile side is a
+  // multiple of 16 and at least EigenOptions::symmetric_tile_min, else 1 (the whole product).
+  // Eight tiles of 256 lost to four of 512 at n = 2048 (docs/performance.md).
+  [[nodiscard]] std::int64_t gram_tiles(std::int64_t n) const {
+    for (const std::int64_t t : {4, 2})
+      if (n % (16 * t) == 0 && n / t >= tile_min_) return t;
+    return 1;
+  }
+
+  // The precision the products run in: fp32 or bf16, never automatic.
+  [[nodiscard]] NsPrecision ns_precision() const {
+#ifdef MUON_HAS_ONEDNN
+    if (bf16_) return NsPrecision::bf16;
+#endif
+    return NsPrecision::fp32;
+  }
+
+  // Cache-line aligned, so the state's vectors never straddle two lines (docs/performance.md).
+  template <class T>
+  struct CacheLineAllocator {
+    using value_type = T;
+    static constexpr std::align_val_t kAlignment{64};
+    CacheLineAllocator() = default;
+    template <class U>
+    explicit CacheLineAllocator(const CacheLineAllocator<U>&) {}
+    [[nodiscard]] T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlignment)); }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, kAlignment); }
+    bool operator==(const CacheLineAllocator&) const = default;
+  };
+
+  // Host memory, zero-filled, cache-line aligned.
   class Buffer {
    public:
     Buffer() = default;
@@ -82,7 +123,7 @@ class EigenBackend {
     [[nodiscard]] std::span<const float> span() const { return data_; }
 
    private:
-    std::vector<float, Eigen::aligned_allocator<float>> data_;
+    std::vector<float, CacheLineAllocator<float>> data_;
   };
 
   [[nodiscard]] Buffer allocate(std::int64_t n) { return Buffer(n); }
@@ -233,7 +274,7 @@ class EigenBackend {
 
   // Copies the lower triangle of a row-major n×n matrix onto the upper one, in row tiles.
   void mirror_lower(float* c, std::int64_t n) const {
-    constexpr std::int64_t kTile = 64;  // cpu::ElementwiseKernels::mirror_lower's own tile
+    constexpr std::int64_t kTile = 64;  // rows per task, a multiple of the kernels' 16-row blocks
 #pragma omp parallel for schedule(dynamic) if (n >= 512)
     for (std::int64_t ib = 0; ib < n; ib += kTile) kernels_->mirror_lower(c, n, ib, std::min(ib + kTile, n));
   }
@@ -275,12 +316,7 @@ class EigenBackend {
     const std::int64_t n = c.rows, k = rows ? x.cols : x.rows;
     const std::int64_t rs = rows ? x.cols : 1, cs = rows ? 1 : x.cols;  // L(i, j) at i·rs + j·cs
     const std::uint16_t* x16 = rounded_to_bf16(x.span(), bf16_a_);
-    std::int64_t tiles = 1;
-    for (const std::int64_t t : {4, 2})
-      if (n % (16 * t) == 0 && n / t >= tile_min_) {
-        tiles = t;
-        break;
-      }
+    const std::int64_t tiles = gram_tiles(n);
     if (tiles == 1) {
       bf16_->run({c.batch, n, n, k}, alpha, {x16, x.matrix_size(), rs, cs}, {x16, x.matrix_size(), cs, rs}, beta,
                  {c.data, c.matrix_size(), n, 1});

@@ -9,10 +9,11 @@
 // optimize attribute), and without it AdamW ran at a third of the memory bound
 // (docs/performance.md).
 //
-// Determinism: the last partial vector of a range is computed by the same vector code on a
-// zero-padded copy, so an element's result does not depend on where a range starts or ends
-// (ZeRO-1's shards and the thread split see the same bits as one whole loop). `sum_squares`
-// adds fixed blocks in a fixed order, whatever the thread count. Between levels, results may
+// Determinism: partial vectors (up to the first aligned element, and the last one) are computed
+// by the same vector code on zero-padded copies, so an element's result does not depend on where
+// a range starts or ends or how it is aligned (ZeRO-1's shards and the thread split see the same
+// bits as one whole loop). `sum_squares` runs its lanes from the range's start, whatever the
+// alignment, and the backend adds fixed blocks in a fixed order, whatever the thread count. Between levels, results may
 // differ in the last bits (FMA contraction, lane count of the sums).
 //
 //   const muon::cpu::ElementwiseKernels& k = muon::cpu::elementwise_kernels(muon::detected_cpu_isa());
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "muon/cpu/isa.hpp"
 
@@ -57,14 +59,13 @@ struct ElementwiseKernels {
   // bf16 bit patterns of x, rounded to nearest even (the operands of bf16 products).
   void (*to_bf16)(const float* x, std::uint16_t* y, std::int64_t n);
   // Copies the strictly lower triangle of rows [row_begin, row_end) of a row-major n×n matrix
-  // onto the upper one.
+  // onto the upper one; row_begin a multiple of 16.
   void (*mirror_lower)(float* c, std::int64_t n, std::int64_t row_begin, std::int64_t row_end);
 };
 
 namespace internal {
 
-// One inclusion of the loops per level. Row-tiled ranges [row_begin, row_end) of mirror_lower
-// start at multiples of 64 so that tiles are the same whatever the split.
+// One inclusion of the loops per level.
 #define MUON_LEVEL baseline
 #define MUON_LANES 4
 #include "muon/cpu/elementwise_loops.inc"
