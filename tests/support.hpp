@@ -6,11 +6,29 @@
 #include <random>
 #include <vector>
 
+#ifdef MUON_HAS_ONEDNN
+#include <muon/backends/eigen.hpp>
+#endif
+
 namespace muon::test {
 
 using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Normal(0, scale²) values from a fixed seed: every run sees the same data.
+// Whether this CPU multiplies bf16 through oneDNN (it needs AVX-512 at least: on an AVX2-only
+// CPU, or under ONEDNN_MAX_CPU_ISA=AVX2, the bf16 backend refuses to be made). The bf16 test
+// cases say so and pass there, as the GPU tests skip without a GPU.
+#ifdef MUON_HAS_ONEDNN
+inline bool bf16_products_available() {
+  try {
+    (void)muon::EigenBackend({.ns_precision = muon::NsPrecision::bf16});
+    return true;
+  } catch (const muon::InvalidArgument&) {
+    return false;
+  }
+}
+#endif
+
 inline std::vector<float> random_normal(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
   std::mt19937 gen(seed);
   std::normal_distribution<float> dist(0.0f, scale);

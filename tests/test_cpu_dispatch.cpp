@@ -3,7 +3,9 @@
 // (a range's split does not change an element's bits; sums do not depend on the thread count).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <muon/backends/eigen.hpp>
 #include <muon/cpu/elementwise.hpp>
@@ -293,4 +295,22 @@ TEST_CASE("results do not depend on how the memory is aligned") {
       CHECK(sum == first_sum);
     }
   }
+}
+
+TEST_CASE("MUON_MAX_CPU_ISA caps the dispatch") {
+  // CTest runs this file once more under each cap (tests/CMakeLists.txt).
+  const char* cap = std::getenv("MUON_MAX_CPU_ISA");
+  if (cap == nullptr) {
+    MESSAGE("MUON_MAX_CPU_ISA unset: the detected level is the CPU's widest");
+    return;
+  }
+  const auto level = [](CpuIsa isa) { return static_cast<int>(isa); };
+  const auto capped = std::find_if(muon::kAllCpuIsas.begin(), muon::kAllCpuIsas.end(),
+                                   [&](CpuIsa isa) { return muon::to_string(isa) == cap; });
+  REQUIRE(capped != muon::kAllCpuIsas.end());
+  MESSAGE("capped at " << cap << ": detected " << muon::to_string(muon::detected_cpu_isa()));
+  CHECK(level(muon::detected_cpu_isa()) <= level(*capped));
+  for (const CpuIsa isa : muon::kAllCpuIsas)
+    if (level(isa) > level(*capped)) CHECK_FALSE(muon::cpu_supports(isa));
+  if (level(*capped) < level(CpuIsa::avx512)) CHECK_FALSE(muon::cpu_has_bf16_instructions());
 }

@@ -10,7 +10,7 @@
 // OpenMP where it is enabled.
 //
 //   muon::Optimizer<muon::EigenBackend> opt(params, muon::Options{.lr = 4.2e-4});
-//   muon::EigenBackend portable(muon::CpuIsa::baseline);  // the same bits on every x86 CPU
+//   muon::EigenBackend portable({.isa = muon::CpuIsa::baseline, .ns_precision = muon::NsPrecision::fp32});
 #pragma once
 
 #include <Eigen/Core>
@@ -257,7 +257,7 @@ class EigenBackend {
   using Map = Eigen::Map<RowMajor>;
   using ConstMap = Eigen::Map<const RowMajor>;
   static constexpr std::int64_t kParallelMin = 1 << 16;  // below this, threads cost more than they save
-  static constexpr std::int64_t kBlock = 1 << 14;        // elements per thread's share, a multiple of every lane count
+  static constexpr std::int64_t kBlock = 1 << 14;        // elements per OpenMP work item
   static constexpr std::int64_t kSumBlock = 1 << 16;     // sum_squares' fixed blocks
 
   // Runs fn(begin, length) over [0, n) in blocks, on OpenMP's threads when n is large.
@@ -300,6 +300,7 @@ class EigenBackend {
 
   void gemm_bf16(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb,
                  float beta, MatrixStack<float> c, std::int64_t m, std::int64_t n) {
+    if (c.size() == 0) return;
     const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
     const std::uint16_t* a16 = rounded_to_bf16(a.span(), bf16_a_);
     const bool same = a.data == b.data && a.size() == b.size();  // X·Xᵀ and A·A round once
@@ -312,6 +313,7 @@ class EigenBackend {
   // the lower tile pairs C[i][i−d] = L_i·L_{i−d}ᵀ of one diagonal d form a strided batch of T − d
   // products: T calls per matrix for T(T+1)/2 of the T² tiles. Then the upper triangle is mirrored.
   void gram_bf16(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
+    if (c.size() == 0) return;
     const bool rows = side == GramSide::rows;
     const std::int64_t n = c.rows, k = rows ? x.cols : x.rows;
     const std::int64_t rs = rows ? x.cols : 1, cs = rows ? 1 : x.cols;  // L(i, j) at i·rs + j·cs

@@ -8,14 +8,20 @@
 // levels: v1 (baseline), v3 (AVX2 + FMA), v4 (AVX-512 F/BW/DQ/VL).
 //
 //   muon::CpuIsa isa = muon::detected_cpu_isa();   // avx512 on a Zen 4 or a Skylake-X
-//   muon::EigenBackend forced(muon::CpuIsa::baseline);
+//   muon::EigenBackend pinned({.isa = muon::CpuIsa::baseline});
+//   MUON_MAX_CPU_ISA=avx2 ./train                   # caps the dispatch, like ONEDNN_MAX_CPU_ISA
 #pragma once
 
 #include <array>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
-#include <string_view>
+
+#include "muon/error.hpp"
 
 namespace muon {
 
@@ -49,8 +55,28 @@ inline constexpr std::array kAllCpuIsas{CpuIsa::baseline, CpuIsa::avx2, CpuIsa::
 #define MUON_X86_DISPATCH 0
 #endif
 
-// Whether this CPU (and its operating system, which must save the wider registers) runs `isa`.
+namespace internal {
+
+// The highest level the environment allows: MUON_MAX_CPU_ISA=baseline|avx2|avx512 caps the
+// dispatch (as ONEDNN_MAX_CPU_ISA caps oneDNN's), to reproduce another machine's bits or to test
+// the narrower builds; unset, no cap.
+[[nodiscard]] inline CpuIsa isa_cap() {
+  static const CpuIsa cap = [] {
+    const char* value = std::getenv("MUON_MAX_CPU_ISA");
+    if (value == nullptr || *value == '\0') return CpuIsa::avx512;
+    for (const CpuIsa isa : kAllCpuIsas)
+      if (to_string(isa) == value) return isa;
+    throw InvalidArgument(std::string("MUON_MAX_CPU_ISA is '") + value + "'; use baseline, avx2 or avx512, or unset it");
+  }();
+  return cap;
+}
+
+}  // namespace internal
+
+// Whether this CPU (and its operating system, which must save the wider registers) runs `isa`,
+// and MUON_MAX_CPU_ISA allows it.
 [[nodiscard]] inline bool cpu_supports(CpuIsa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(internal::isa_cap())) return false;
 #if MUON_X86_DISPATCH
   switch (isa) {
     case CpuIsa::avx2:
@@ -66,7 +92,7 @@ inline constexpr std::array kAllCpuIsas{CpuIsa::baseline, CpuIsa::avx2, CpuIsa::
 #endif
 }
 
-// The widest level this CPU runs; computed once.
+// The widest level this CPU runs (within MUON_MAX_CPU_ISA); computed once.
 [[nodiscard]] inline CpuIsa detected_cpu_isa() {
   static const CpuIsa best = [] {
     for (auto it = kAllCpuIsas.rbegin(); it != kAllCpuIsas.rend(); ++it)
@@ -77,7 +103,7 @@ inline constexpr std::array kAllCpuIsas{CpuIsa::baseline, CpuIsa::avx2, CpuIsa::
 }
 
 // Whether the CPU multiplies bf16 in hardware: AVX512_BF16 (Zen 4, Cooper Lake and later) or
-// AMX-BF16 (Sapphire Rapids and later). Without either, bf16 products are emulated and slower
+// AMX-BF16 (Sapphire Rapids and later); false under MUON_MAX_CPU_ISA below avx512. Without either, bf16 products are emulated and slower
 // than fp32 ones, so the automatic Newton–Schulz precision stays fp32.
 [[nodiscard]] inline bool cpu_has_bf16_instructions() {
 #if MUON_X86_DISPATCH

@@ -23,8 +23,8 @@
 #include <utility>
 
 #include "moonlight/config.hpp"
-#include "muon/error.hpp"
 #include "muon/backends/eigen.hpp"
+#include "muon/error.hpp"
 #include "muon/options.hpp"
 
 namespace moonlight {
