@@ -46,7 +46,8 @@ MUON_BEGIN_TARGET(MUON_TARGET_AVX512)
 inline void triad_avx512(float* a, const float* b, const float* c, float s, std::int64_t n, bool non_temporal) {
   if (non_temporal) {
     for (std::int64_t i = 0; i < n; i += 16)
-      _mm512_stream_ps(a + i, _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_mul_ps(_mm512_set1_ps(s), _mm512_loadu_ps(c + i))));
+      _mm512_stream_ps(a + i,
+                       _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_mul_ps(_mm512_set1_ps(s), _mm512_loadu_ps(c + i))));
   } else {
     for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
   }

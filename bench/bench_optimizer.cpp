@@ -99,7 +99,8 @@ BENCHMARK(BM_gram_vs_gemm)->Args({2048, 1})->Args({2048, 0})->ArgNames({"n", "sy
 // the whole product: which tile side is worth its smaller products. GFLOP/s counts 2n²k.
 void BM_gram_bf16_tiles(benchmark::State& state) {
   const std::int64_t n = state.range(0), k = state.range(1), tiles = state.range(2);
-  muon::EigenBackend cpu({.ns_precision = muon::NsPrecision::bf16, .symmetric_tile_min = tiles == 1 ? n + 1 : n / tiles});
+  muon::EigenBackend cpu(
+      {.ns_precision = muon::NsPrecision::bf16, .symmetric_tile_min = tiles == 1 ? n + 1 : n / tiles});
   if (cpu.gram_tiles(n) != tiles) return state.SkipWithError("the tile count is not reachable for this size");
   const auto x = random_values(static_cast<std::size_t>(n * k), 8);
   std::vector<float> c(static_cast<std::size_t>(n * n));
@@ -157,7 +158,8 @@ BENCHMARK(BM_adamw)->ArgsProduct({{1 << 24}, {0, 1, 2}})->ArgNames({"n", "isa"})
 void BM_stream_triad(benchmark::State& state) {
   const auto n = static_cast<std::int64_t>(state.range(0));
   const bool non_temporal = state.range(1) != 0;
-  bandwidth::AlignedFloats a(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n)), c(static_cast<std::size_t>(n));
+  const auto size = static_cast<std::size_t>(n);
+  bandwidth::AlignedFloats a(size), b(size), c(size);
   std::fill_n(b.data, n, 1.0f);
   std::fill_n(c.data, n, 2.0f);
   for (auto _ : state) {
@@ -175,8 +177,8 @@ BENCHMARK(BM_stream_triad)->ArgsProduct({{1 << 24}, {0, 1}})->ArgNames({"n", "no
 // with more streams in flight, this, not the three-stream triad, is what AdamW can reach.
 void BM_adamw_traffic(benchmark::State& state) {
   const auto n = static_cast<std::int64_t>(state.range(0));
-  bandwidth::AlignedFloats w(static_cast<std::size_t>(n)), m(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n)),
-      g(static_cast<std::size_t>(n));
+  const auto size = static_cast<std::size_t>(n);
+  bandwidth::AlignedFloats w(size), m(size), v(size), g(size);
   for (auto _ : state) {
     bandwidth::adamw_traffic(w.data, m.data, v.data, g.data, n);
     benchmark::ClobberMemory();

@@ -75,7 +75,8 @@ TEST_CASE("the detected level is supported and the widest one supported") {
 TEST_CASE("a level the CPU lacks is refused by name") {
   for (const CpuIsa isa : muon::kAllCpuIsas) {
     if (muon::cpu_supports(isa)) continue;
-    CHECK_THROWS_WITH_AS(muon::EigenBackend(muon::EigenOptions{.isa = isa}), doctest::Contains(std::string(muon::to_string(isa)).c_str()),
+    const std::string name(muon::to_string(isa));
+    CHECK_THROWS_WITH_AS(muon::EigenBackend(muon::EigenOptions{.isa = isa}), doctest::Contains(name.c_str()),
                          muon::InvalidArgument);
   }
 }
@@ -108,7 +109,8 @@ TEST_CASE("every supported level computes AdamW, momentum, axpby, scale and Î£xÂ
     for (const bool nesterov : {true, false}) {
       auto mm = m0;
       std::vector<float> u(kN, NAN);
-      k.momentum(mm.data(), g.data(), u.data(), kN, {.mu = 0.95f, .gain = 1.0f, .grad_scale = 0.5f, .nesterov = nesterov});
+      k.momentum(mm.data(), g.data(), u.data(), kN,
+                 {.mu = 0.95f, .gain = 1.0f, .grad_scale = 0.5f, .nesterov = nesterov});
       std::vector<double> want_mm(kN), want_u(kN);
       for (std::size_t i = 0; i < kN; ++i) {
         want_mm[i] = 0.95 * m0[i] + 0.5 * g[i];
@@ -149,8 +151,10 @@ TEST_CASE("every supported level agrees with the baseline level on a whole optim
     std::vector<muon::Parameter> params{
         {"w", muon::Role::matrix, {w.data(), {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)}},
          {g.data(), {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)}}},
-        {"e", muon::Role::norm, {e.data(), {static_cast<std::int64_t>(cols)}}, {de.data(), {static_cast<std::int64_t>(cols)}}}};
-    muon::Optimizer<muon::EigenBackend> opt(params, {.lr = 0.02, .max_grad_norm = 1.0}, muon::EigenBackend({.isa = isa}));
+        {"e", muon::Role::norm, {e.data(), {static_cast<std::int64_t>(cols)}},
+         {de.data(), {static_cast<std::int64_t>(cols)}}}};
+    muon::Optimizer<muon::EigenBackend> opt(params, {.lr = 0.02, .max_grad_norm = 1.0},
+                                            muon::EigenBackend({.isa = isa}));
     for (int step = 0; step < 3; ++step) (void)opt.step();
     w.insert(w.end(), e.begin(), e.end());
     results.push_back(w);
@@ -215,7 +219,8 @@ TEST_CASE("the mirrored Gram product is symmetric at every level") {
     std::vector<float> c(static_cast<std::size_t>(n * n), NAN);
     cpu.gram(1.0f, {x.data(), 1, n, m}, muon::GramSide::rows, 0.0f, {c.data(), 1, n, n});
     for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < n; ++j) REQUIRE(c[static_cast<std::size_t>(i * n + j)] == c[static_cast<std::size_t>(j * n + i)]);
+      for (std::int64_t j = 0; j < n; ++j)
+        REQUIRE(c[static_cast<std::size_t>(i * n + j)] == c[static_cast<std::size_t>(j * n + i)]);
   }
 }
 
@@ -252,13 +257,15 @@ TEST_CASE("every supported level mirrors the lower triangle exactly, whatever th
     const auto c0 = random_values(static_cast<std::size_t>(n * n), 16);
     auto want = c0;
     for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < i; ++j) want[static_cast<std::size_t>(j * n + i)] = want[static_cast<std::size_t>(i * n + j)];
+      for (std::int64_t j = 0; j < i; ++j)
+        want[static_cast<std::size_t>(j * n + i)] = want[static_cast<std::size_t>(i * n + j)];
     for (const CpuIsa isa : supported_levels()) {
       CAPTURE(muon::to_string(isa));
       CAPTURE(n);
       auto whole = c0, split = c0;
       cpu::elementwise_kernels(isa).mirror_lower(whole.data(), n, 0, n);
-      for (std::int64_t r = 0; r < n; r += 16) cpu::elementwise_kernels(isa).mirror_lower(split.data(), n, r, std::min(r + 16, n));
+      for (std::int64_t r = 0; r < n; r += 16)
+        cpu::elementwise_kernels(isa).mirror_lower(split.data(), n, r, std::min(r + 16, n));
       CHECK(whole == want);
       CHECK(split == want);
     }

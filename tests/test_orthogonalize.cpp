@@ -205,7 +205,8 @@ TEST_CASE("bf16 gemm multiplies the bf16-rounded operands with fp32 accumulation
   }
   muon::EigenBackend bf(kBf16);
   const std::int64_t m = 20, n = 12, k = 36, batch = 2;
-  const auto a = random_normal(batch * m * k, 31), b = random_normal(batch * k * n, 32), c0 = random_normal(batch * m * n, 33);
+  const auto a = random_normal(batch * m * k, 31), b = random_normal(batch * k * n, 32);
+  const auto c0 = random_normal(batch * m * n, 33);
   for (const auto ta : {muon::Transpose::no, muon::Transpose::yes})
     for (const auto tb : {muon::Transpose::no, muon::Transpose::yes}) {
       // A is stored m×k or k×m, B k×n or n×k; the same values either way.

@@ -57,7 +57,8 @@ class EigenBackend {
       : kernels_(&cpu::elementwise_kernels(options.isa)), tile_min_(options.symmetric_tile_min) {
     if (!cpu_supports(options.isa))
       throw InvalidArgument("EigenOptions.isa: this CPU does not support the instruction set '" +
-                            std::string(to_string(options.isa)) + "'; use muon::detected_cpu_isa() or CpuIsa::baseline");
+                            std::string(to_string(options.isa)) +
+                            "'; use muon::detected_cpu_isa() or CpuIsa::baseline");
     if (tile_min_ < 1) throw InvalidArgument("EigenOptions.symmetric_tile_min must be >= 1");
 #ifdef MUON_HAS_ONEDNN
     const bool bf16 = options.ns_precision == NsPrecision::bf16 ||
@@ -238,8 +239,10 @@ class EigenBackend {
     if (blocks <= 1) return kernels_->sum_squares(x.data(), n);
     std::vector<double> partial(static_cast<std::size_t>(blocks));
 #pragma omp parallel for if (n > kParallelMin)
-    for (std::int64_t b = 0; b < blocks; ++b)
-      partial[static_cast<std::size_t>(b)] = kernels_->sum_squares(x.data() + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock));
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t begin = b * kSumBlock;
+      partial[static_cast<std::size_t>(b)] = kernels_->sum_squares(x.data() + begin, std::min(kSumBlock, n - begin));
+    }
     double total = 0.0;
     for (const double p : partial) total += p;
     return total;

@@ -3,18 +3,17 @@
 //
 // Each loop is written once (cpu/elementwise_loops.inc), over a GCC/Clang vector type, and
 // included three times, each time under another `#pragma GCC target` and lane count: SSE2 (4
-// lanes), AVX2 + FMA (8) and AVX-512 (16). Vector types make the width explicit, so the loops vectorise
-// at -O2 and -O3 alike. The one intrinsic is the lane-wise square root: GCC does not vectorise
-// std::sqrt unless the whole translation unit is built with -fno-math-errno (not even with an
-// optimize attribute), and without it AdamW ran at a third of the memory bound
-// (docs/performance.md).
+// lanes), AVX2 + FMA (8) and AVX-512 (16). Vector types make the width explicit, so the loops
+// vectorise at -O2 and -O3 alike. The one intrinsic is the lane-wise square root: GCC does not
+// vectorise std::sqrt unless the whole translation unit is built with -fno-math-errno (not even
+// with an optimize attribute), and a scalar sqrt held AdamW to 7.5 GB/s (docs/performance.md).
 //
 // Determinism: partial vectors (up to the first aligned element, and the last one) are computed
 // by the same vector code on zero-padded copies, so an element's result does not depend on where
 // a range starts or ends or how it is aligned (ZeRO-1's shards and the thread split see the same
 // bits as one whole loop). `sum_squares` runs its lanes from the range's start, whatever the
-// alignment, and the backend adds fixed blocks in a fixed order, whatever the thread count. Between levels, results may
-// differ in the last bits (FMA contraction, lane count of the sums).
+// alignment, and the backend adds fixed blocks in a fixed order, whatever the thread count.
+// Between levels, results may differ in the last bits (FMA contraction, lane count of the sums).
 //
 //   const muon::cpu::ElementwiseKernels& k = muon::cpu::elementwise_kernels(muon::detected_cpu_isa());
 //   k.axpby(2.0f, x, 1.0f, y, n);

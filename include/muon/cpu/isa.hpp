@@ -66,7 +66,8 @@ namespace internal {
     if (value == nullptr || *value == '\0') return CpuIsa::avx512;
     for (const CpuIsa isa : kAllCpuIsas)
       if (to_string(isa) == value) return isa;
-    throw InvalidArgument(std::string("MUON_MAX_CPU_ISA is '") + value + "'; use baseline, avx2 or avx512, or unset it");
+    throw InvalidArgument(std::string("MUON_MAX_CPU_ISA is '") + value +
+                          "'; use baseline, avx2 or avx512, or unset it");
   }();
   return cap;
 }
@@ -103,8 +104,9 @@ namespace internal {
 }
 
 // Whether the CPU multiplies bf16 in hardware: AVX512_BF16 (Zen 4, Cooper Lake and later) or
-// AMX-BF16 (Sapphire Rapids and later); false under MUON_MAX_CPU_ISA below avx512. Without either, bf16 products are emulated and slower
-// than fp32 ones, so the automatic Newton–Schulz precision stays fp32.
+// AMX-BF16 (Sapphire Rapids and later); false under MUON_MAX_CPU_ISA below avx512. Without
+// either, bf16 products are emulated and slower than fp32 ones, so the automatic Newton–Schulz
+// precision stays fp32.
 [[nodiscard]] inline bool cpu_has_bf16_instructions() {
 #if MUON_X86_DISPATCH
   // CPUID leaf 7: sub-leaf 1 EAX bit 5 is AVX512_BF16, sub-leaf 0 EDX bit 22 is AMX-BF16 (the
