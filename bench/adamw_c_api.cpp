@@ -21,9 +21,6 @@ int muon_bench_adamw(float* w, const float* g, float* m, float* v, std::int64_t 
                 {.lr = lr, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = weight_decay, .step = step});
   return 0;
 }
-}
-
-extern "C" {
 
 // The bound: AdamW's loads and stores without its arithmetic (bench/bandwidth.hpp).
 void muon_bench_adamw_traffic(float* w, const float* g, float* m, float* v, std::int64_t n) {

@@ -22,42 +22,40 @@
 namespace bandwidth {
 
 namespace level {
-// a = b + s·c; with non-temporal stores `a` is written without being read first.
-inline void triad(float* a, const float* b, const float* c, float s, std::int64_t n, bool non_temporal) {
-  if (non_temporal) {
-    for (std::int64_t i = 0; i < n; i += 4)  // n a multiple of 16, `a` 64-byte aligned
-      _mm_stream_ps(a + i, _mm_add_ps(_mm_load_ps(b + i), _mm_mul_ps(_mm_set1_ps(s), _mm_load_ps(c + i))));
-  } else {
-    for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
-  }
+// The plain loops, written once; each level's function below inlines them under its own target.
+[[gnu::always_inline]] inline void triad_loop(float* a, const float* b, const float* c, float s, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
 }
 
 // AdamW's loads and stores (W, G, m, v in; W, m, v out) without its arithmetic.
-inline void adamw_traffic(float* w, float* m, float* v, const float* g, std::int64_t n) {
+[[gnu::always_inline]] inline void adamw_traffic_loop(float* w, float* m, float* v, const float* g, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) {
     w[i] += g[i];
     m[i] += g[i];
     v[i] += g[i];
   }
+}
+
+// a = b + s·c; with non-temporal stores `a` is written without being read first.
+inline void triad(float* a, const float* b, const float* c, float s, std::int64_t n, bool non_temporal) {
+  if (!non_temporal) return triad_loop(a, b, c, s, n);
+  for (std::int64_t i = 0; i < n; i += 4)  // n a multiple of 16, `a` 64-byte aligned
+    _mm_stream_ps(a + i, _mm_add_ps(_mm_load_ps(b + i), _mm_mul_ps(_mm_set1_ps(s), _mm_load_ps(c + i))));
+}
+inline void adamw_traffic(float* w, float* m, float* v, const float* g, std::int64_t n) {
+  adamw_traffic_loop(w, m, v, g, n);
 }
 
 #if MUON_X86_DISPATCH
 MUON_BEGIN_TARGET(MUON_TARGET_AVX512)
 inline void triad_avx512(float* a, const float* b, const float* c, float s, std::int64_t n, bool non_temporal) {
-  if (non_temporal) {
-    for (std::int64_t i = 0; i < n; i += 16)
-      _mm512_stream_ps(a + i,
-                       _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_mul_ps(_mm512_set1_ps(s), _mm512_loadu_ps(c + i))));
-  } else {
-    for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
-  }
+  if (!non_temporal) return triad_loop(a, b, c, s, n);
+  for (std::int64_t i = 0; i < n; i += 16)
+    _mm512_stream_ps(a + i,
+                     _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_mul_ps(_mm512_set1_ps(s), _mm512_loadu_ps(c + i))));
 }
 inline void adamw_traffic_avx512(float* w, float* m, float* v, const float* g, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    w[i] += g[i];
-    m[i] += g[i];
-    v[i] += g[i];
-  }
+  adamw_traffic_loop(w, m, v, g, n);
 }
 MUON_END_TARGET()
 #endif

@@ -41,8 +41,10 @@ inline constexpr std::array kAllCpuIsas{CpuIsa::baseline, CpuIsa::avx2, CpuIsa::
 // region of code compiled for one of them (GCC's target pragma; Clang's attribute pragma).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MUON_X86_DISPATCH 1
-#define MUON_TARGET_AVX2 "avx2,fma,bmi,bmi2,f16c,lzcnt,movbe"
-#define MUON_TARGET_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx512cd," MUON_TARGET_AVX2
+// Exactly the features cpu_supports checks: a feature in the string but not in the check would
+// let the compiler emit instructions a CPU of that level might lack.
+#define MUON_TARGET_AVX2 "avx2,fma"
+#define MUON_TARGET_AVX512 "avx512f,avx512bw,avx512dq,avx512vl," MUON_TARGET_AVX2
 #define MUON_PRAGMA(text) _Pragma(#text)
 #if defined(__clang__)
 #define MUON_BEGIN_TARGET(isa) MUON_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
@@ -81,11 +83,10 @@ namespace internal {
 #if MUON_X86_DISPATCH
   switch (isa) {
     case CpuIsa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case CpuIsa::avx512:
       return cpu_supports(CpuIsa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512cd");
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     default: return true;
   }
 #else
