@@ -110,7 +110,10 @@ void BM_cuda_adamw(benchmark::State& state) {
     list.push_back({buffers[4 * i].span().data(), buffers[4 * i + 1].span().data(), buffers[4 * i + 2].span().data(),
                     buffers[4 * i + 3].span().data(), elements});
   }
-  const muon::AdamWStep step{1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 10};
+  const muon::StepValues values = muon::step_values({.lr = 1e-3, .weight_decay = 0.1}, 1.0, 1.0, 10);
+  auto block = gpu.allocate(muon::kStepValuesFloats);
+  gpu.from_host({reinterpret_cast<const float*>(&values), muon::kStepValuesFloats}, block.span());
+  const muon::AdamWStep step{0.9f, 0.95f, 1e-8f, muon::step_values_of(block.span())};
   run_timed(state, gpu.stream(), [&] { gpu.adamw_many(list, step); });
   state.counters["GB/s"] =
       benchmark::Counter(28.0 * double(tensors * elements) / 1e9, benchmark::Counter::kIsIterationInvariantRate);

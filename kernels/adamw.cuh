@@ -11,6 +11,7 @@
 #include <span>
 
 #include "kernels/launch.cuh"
+#include "muon/backend.hpp"
 
 namespace muon::kernels {
 
@@ -22,13 +23,10 @@ struct AdamWTensor {
   std::int64_t n;
 };
 
-// The step's scalars, computed on the host (bias corrections in double, as the Eigen backend).
-struct AdamWScalars {
+// The hyper-parameters that stay; the step's numbers (step size lr/(1 − β₁ᵗ), √(1 − β₂ᵗ), the
+// decay 1 − lr·wd and the clipping factor) are read from the step block as the kernel runs.
+struct AdamWConstants {
   float beta1, beta2, eps;
-  float step_size;  // lr / (1 − β₁ᵗ)
-  float bc2_sqrt;   // √(1 − β₂ᵗ)
-  float decay;      // 1 − lr·wd
-  float grad_scale;
 };
 
 inline constexpr int kAdamWMaxTensors = 48;
@@ -41,7 +39,10 @@ struct AdamWLaunch {
 };
 
 template <int kBlock>
-__global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamWScalars s) {
+__global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamWConstants s,
+                                                             const StepValues* values) {
+  const float step_size = values->adamw_step_size, bc2_sqrt = values->adamw_bc2_sqrt, decay = values->decay,
+              grad_scale = values->grad_scale;
   const std::int64_t block = blockIdx.x;
   int k = 0;
   while (block >= launch.first_block[k + 1]) ++k;  // ends: block < first_block[count]
@@ -49,18 +50,19 @@ __global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamW
   const std::int64_t begin = (block - launch.first_block[k]) * kAdamWChunk;
   const std::int64_t end = begin + kAdamWChunk < t.n ? begin + kAdamWChunk : t.n;
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kBlock) {
-    const float g = t.g[i] * s.grad_scale;
+    const float g = t.g[i] * grad_scale;
     float m = t.m[i], v = t.v[i];
     m += (g - m) * (1.0f - s.beta1);
     v = v * s.beta2 + (1.0f - s.beta2) * g * g;
     t.m[i] = m;
     t.v[i] = v;
-    t.w[i] = t.w[i] * s.decay - s.step_size * (m / (sqrtf(v) / s.bc2_sqrt + s.eps));
+    t.w[i] = t.w[i] * decay - step_size * (m / (sqrtf(v) / bc2_sqrt + s.eps));
   }
 }
 
 // Launches as few kernels as the list allows on `stream`; empty tensors are skipped.
-inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const AdamWScalars& s, cudaStream_t stream) {
+inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const AdamWConstants& s, const StepValues* values,
+                                cudaStream_t stream) {
   std::size_t next = 0;
   while (next < tensors.size()) {
     AdamWLaunch launch{};
@@ -75,7 +77,7 @@ inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const Adam
     const std::int64_t blocks = launch.first_block[launch.count];
     if (blocks == 0) break;
     if (blocks > 0x7fffffff) return cudaErrorInvalidValue;  // > 2³¹ blocks: 17 Tera-elements
-    adamw_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(launch, s);
+    adamw_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(launch, s, values);
     if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -1,14 +1,17 @@
 // kernels/elementwise.cuh: the fused elementwise steps of Muon.
 //
-//   axpby:    y ← α·x + β·y, x fp32 or bf16. With α = −lr·s and β = 1 − lr·wd it is the fused
-//             decay-and-apply of the scaled update (a bf16 update onto fp32 parameters).
+//   axpby:    y ← α·x + β·y, x fp32 or bf16.
+//   update:   y ← decay·y − (lr·s)·x, x fp32 or bf16: Muon's fused decay-and-apply of the scaled
+//             update, with lr and decay read from the step block (muon::StepValues) as it runs.
 //   momentum: M ← μM + g·G (g = 1 for the sum form, 1−μ for EMA), and the Newton–Schulz input
-//             U = g·G + μM (Nesterov) or U = M, with the clipping factor applied to G on the fly.
+//             U = g·G + μM (Nesterov) or U = M, with the clipping factor (from the step block)
+//             applied to G on the fly.
 //   convert:  fp32 ↔ bf16 (to bf16: round to nearest even, as torch's .bfloat16()).
 // The arithmetic follows the Eigen backend's expressions term by term.
 #pragma once
 
 #include "kernels/launch.cuh"
+#include "muon/backend.hpp"
 
 namespace muon::kernels {
 
@@ -19,9 +22,16 @@ __global__ void axpby_kernel(std::int64_t n, float alpha, const X* x, float beta
     y[i] = beta == 0.0f ? alpha * to_float(x[i]) : alpha * to_float(x[i]) + beta * y[i];
 }
 
+template <class X>
+__global__ void update_kernel(std::int64_t n, double scale, const StepValues* values, const X* x, float* y) {
+  const float alpha = -static_cast<float>(values->lr * scale), decay = values->decay;
+  for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = alpha * to_float(x[i]) + decay * y[i];
+}
+
 template <class G>
-__global__ void momentum_kernel(std::int64_t n, float* m, const G* g, float mu, float gain, float grad_scale,
+__global__ void momentum_kernel(std::int64_t n, float* m, const G* g, float mu, float gain, const StepValues* values,
                                 bool nesterov, float* u) {
+  const float grad_scale = values->grad_scale;
   for (std::int64_t i = global_thread(); i < n; i += grid_stride()) {
     const float gi = to_float(g[i]) * grad_scale;
     const float mi = mu * m[i] + gain * gi;

@@ -26,6 +26,7 @@ void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std:
 void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s) {
   cpu().adamw(w, g, m, v, s);
 }
+void update(std::span<float> w, std::span<const float> o, UpdateStep s) { cpu().update(w, o, s); }
 double sum_squares(std::span<const float> x) { return cpu().sum_squares(x); }
 void orthogonalize(MatrixStack<float> x, const NsOptions& options) { muon::orthogonalize(cpu(), x, options); }
 void optimizer_steps(std::vector<Parameter> params, const Options& options, int steps) {

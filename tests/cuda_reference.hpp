@@ -17,6 +17,7 @@ void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y
 void normalize(MatrixStack<float> x, float eps, NormEps mode);
 void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u);
 void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s);
+void update(std::span<float> w, std::span<const float> o, UpdateStep s);
 double sum_squares(std::span<const float> x);
 void orthogonalize(MatrixStack<float> x, const NsOptions& options);
 // `steps` optimizer steps on a host parameter table.

@@ -55,6 +55,16 @@ struct Device {
   CudaBackend::Buffer buffer;
 };
 
+// One step block entry on the host (for the CPU reference) and on the device (for the GPU).
+struct StepBlock {
+  StepBlock(CudaBackend& gpu, const muon::StepValues& v)
+      : host(v), device(gpu, std::vector<float>(reinterpret_cast<const float*>(&v),
+                                                reinterpret_cast<const float*>(&v) + muon::kStepValuesFloats)) {}
+  const muon::StepValues* on_device() { return muon::step_values_of(device.span()); }
+  muon::StepValues host;
+  Device device;
+};
+
 std::vector<float> download(CudaBackend& gpu, std::span<const float> x) {
   std::vector<float> host(x.size());
   gpu.to_host(x, host);
@@ -148,15 +158,17 @@ TEST_CASE("every CUDA operation in fp32 conforms to the Eigen backend") {
     CHECK(relative_error(download(gpu, dx.span()), expected) < kElementwiseTolerance);
   }
 
+  // Step 3 of a group with lr 0.01, weight decay 0.1 and a clipping factor of 0.5.
+  StepBlock block(gpu, muon::step_values({.lr = 0.01, .weight_decay = 0.1}, 1.0, 0.5, 3));
   for (const auto form : {muon::MomentumForm::sum, muon::MomentumForm::ema})
     for (const bool nesterov : {true, false}) {
-      const muon::MomentumStep s{0.9f, form, nesterov, 0.5f};
+      const muon::MomentumStep s{0.9f, form, nesterov, &block.host};
       const std::vector<float> g(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(c0.size()));
       auto m_expected = c0;
       std::vector<float> u_expected(c0.size());
       ref::momentum(m_expected, g, s, u_expected);
       Device dm(gpu, c0), dg(gpu, g), du(gpu, std::vector<float>(c0.size(), kNaN));
-      gpu.momentum(dm.span(), dg.span(), s, du.span());
+      gpu.momentum(dm.span(), dg.span(), {s.mu, s.form, s.nesterov, block.on_device()}, du.span());
       CHECK(relative_error(download(gpu, dm.span()), m_expected) < kElementwiseTolerance);
       CHECK(relative_error(download(gpu, du.span()), u_expected) < kElementwiseTolerance);
     }
@@ -165,14 +177,24 @@ TEST_CASE("every CUDA operation in fp32 conforms to the Eigen backend") {
     auto w = c0, mom = random_values(c0.size(), 6), v = random_values(c0.size(), 7);
     for (float& x : v) x = x * x;
     const std::vector<float> g(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(c0.size()));
-    const muon::AdamWStep s{0.01f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 3};
+    const muon::AdamWStep s{0.9f, 0.95f, 1e-8f, &block.host};
     auto we = w, me = mom, ve = v;
     ref::adamw(we, g, me, ve, s);
     Device dw(gpu, w), dg(gpu, g), dm(gpu, mom), dv(gpu, v);
-    gpu.adamw(dw.span(), dg.span(), dm.span(), dv.span(), s);
+    gpu.adamw(dw.span(), dg.span(), dm.span(), dv.span(), {s.beta1, s.beta2, s.eps, block.on_device()});
     CHECK(relative_error(download(gpu, dw.span()), we) < kElementwiseTolerance);
     CHECK(relative_error(download(gpu, dm.span()), me) < kElementwiseTolerance);
     CHECK(relative_error(download(gpu, dv.span()), ve) < kElementwiseTolerance);
+  }
+
+  {
+    auto w = c0;
+    const std::vector<float> o(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(c0.size()));
+    const double scale = muon::update_scale(muon::ScaleMode::match_adamw_rms, 6, 5);
+    ref::update(w, o, {scale, &block.host});
+    Device dw(gpu, c0), d_o(gpu, o);
+    gpu.update(dw.span(), d_o.span(), {scale, block.on_device()});
+    CHECK(relative_error(download(gpu, dw.span()), w) < kElementwiseTolerance);
   }
 
   // Both sum in double, in other orders: relative rounding error about n·2⁻⁵³.
@@ -258,8 +280,9 @@ TEST_CASE("multi-tensor AdamW equals per-tensor AdamW on the CPU across launches
   }
   for (std::size_t i = 0; i < w.size(); ++i)
     tensors.push_back({dw[i].data(), dg[i].data(), dm[i].data(), dv[i].data(), static_cast<std::int64_t>(w[i].size())});
-  const muon::AdamWStep s{3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.8f, 5};
-  gpu.adamw_many(tensors, s);
+  StepBlock block(gpu, muon::step_values({.lr = 3e-3, .weight_decay = 0.1}, 1.0, 0.8, 5));
+  const muon::AdamWStep s{0.9f, 0.95f, 1e-8f, &block.host};
+  gpu.adamw_many(tensors, {s.beta1, s.beta2, s.eps, block.on_device()});
   for (std::size_t i = 0; i < w.size(); ++i) {
     CAPTURE(i);
     ref::adamw(w[i], g[i], m[i], v[i], s);
@@ -293,7 +316,7 @@ TEST_CASE("the finite flag and sum_squares see NaN and Inf") {
   cudaFree(flag);
 }
 
-TEST_CASE("apply_update: a bf16 update decays and moves fp32 parameters") {
+TEST_CASE("update: a bf16 update decays and moves fp32 parameters") {
   CudaBackend gpu;
   const auto w = random_values(5000, 13), u = random_values(5000, 14);
   std::vector<__nv_bfloat16> u16(u.size());
@@ -302,7 +325,8 @@ TEST_CASE("apply_update: a bf16 update decays and moves fp32 parameters") {
   __nv_bfloat16* du = nullptr;
   REQUIRE(cudaMalloc(&du, u16.size() * sizeof(__nv_bfloat16)) == cudaSuccess);
   REQUIRE(cudaMemcpy(du, u16.data(), u16.size() * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice) == cudaSuccess);
-  gpu.apply_update(dw.span(), du, 0.02f, 0.999f);
+  StepBlock block(gpu, muon::step_values({.lr = 0.02, .weight_decay = 0.05}, 1.0, 1.0, 1));
+  gpu.update(dw.span(), static_cast<const __nv_bfloat16*>(du), {1.0, block.on_device()});
   std::vector<float> expected(w.size());
   for (std::size_t i = 0; i < w.size(); ++i) expected[i] = -0.02f * __bfloat162float(u16[i]) + 0.999f * w[i];
   CHECK(relative_error(download(gpu, dw.span()), expected) < kElementwiseTolerance);
@@ -445,28 +469,38 @@ TEST_CASE("the one-synchronisation gradient check equals Optimizer::check_gradie
   CHECK(*opt.check_gradients().non_finite == "p40");
 }
 
-TEST_CASE("a step captured in a CUDA graph and replayed equals the step run eagerly") {
+TEST_CASE("a step captured once in a CUDA graph and replayed 3 times equals 3 eager steps") {
   CudaBackend gpu;
   const HostModel host;
   DeviceModel eager_model(gpu, host), graph_model(gpu, host);
-  const muon::Options options{.lr = 0.02, .max_grad_norm = 1.0};
+  // Every per-step number moves: warmup then cosine lr, clipping on every step, decoupled decay,
+  // AdamW's bias corrections. None is a kernel argument: the kernels read the step block.
+  const muon::Options options{.lr = 0.02,
+                              .weight_decay = 0.1,
+                              .schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 5, .final_ratio = 0.1},
+                              .max_grad_norm = 0.5};
+  constexpr int kSteps = 3;
   muon::Optimizer<CudaBackend> eager(eager_model.table(), options, gpu), captured(graph_model.table(), options, gpu);
-  // The gradient check reads a norm on the host, so it runs before the capture; the step after
-  // it (momentum → Newton–Schulz → scaled update, AdamW) is what the graph holds. The eager step
-  // runs first and sizes the backend's scratch, which a capture may not grow.
-  const muon::GradientCheck check = eager.check_gradients();
-  (void)eager.step(check);
+  // The eager steps run first and size the backend's scratch, which a capture may not grow.
+  for (int i = 0; i < kSteps; ++i) CHECK(eager.step().grad_scale < 1.0);
 
+  // The gradient check reads a norm on the host, so it and begin_step stay outside the graph;
+  // apply() (the step block's copy from pinned memory, then the update) is what it holds.
+  (void)captured.begin_step(captured.check_gradients());
   cudaGraph_t graph = nullptr;
   REQUIRE(cudaStreamBeginCapture(gpu.stream(), cudaStreamCaptureModeGlobal) == cudaSuccess);
-  (void)captured.step(check);
+  captured.apply();
   REQUIRE(cudaStreamEndCapture(gpu.stream(), &graph) == cudaSuccess);
   cudaGraphExec_t exec = nullptr;
   REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
   CHECK(download(gpu, graph_model.w.span()) == host.w);  // capturing ran nothing
-  REQUIRE(cudaGraphLaunch(exec, gpu.stream()) == cudaSuccess);
-  REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+  for (int i = 0; i < kSteps; ++i) {
+    if (i > 0) (void)captured.begin_step(captured.check_gradients());
+    REQUIRE(cudaGraphLaunch(exec, gpu.stream()) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+  }
   // The same kernels and cuBLAS calls on the same data in the same order: bitwise equal.
+  CHECK(captured.step_count() == kSteps);
   CHECK(download(gpu, graph_model.w.span()) == download(gpu, eager_model.w.span()));
   CHECK(download(gpu, graph_model.experts.span()) == download(gpu, eager_model.experts.span()));
   CHECK(download(gpu, graph_model.emb.span()) == download(gpu, eager_model.emb.span()));

@@ -8,6 +8,7 @@
 #include <limits>
 #include <muon/backends/eigen.hpp>
 #include <muon/muon.hpp>
+#include <muon/state_file.hpp>
 
 #include "support.hpp"
 
@@ -206,10 +207,10 @@ TEST_CASE("save then load resumes bit-identically to an uninterrupted run") {
   Model first;
   Opt before(first.table(), options);
   train(first, before, 3);
-  before.save(path);
+  muon::save_state(before, path);
   Model resumed = first;  // the model's weights are the trainer's to save; the optimizer saves its own state
   Opt after(resumed.table(), {.lr = 123.0});  // the saved options replace these
-  after.load(path);
+  muon::load_state(after, path);
   CHECK(after.step_count() == 3);
   CHECK(after.options().lr == 0.02);
   train(resumed, after, 3);
@@ -222,13 +223,13 @@ TEST_CASE("load rejects a state that does not match the table, naming the first 
   Model m;
   Opt opt(m.table());
   train(m, opt, 1);
-  opt.save(path);
+  muon::save_state(opt, path);
 
   Model other;
   auto table = other.table();
   table[1].name = "model.layers.0.self_attn.q_a_proj.weight";
   Opt renamed(table);
-  CHECK_THROWS_WITH_AS(renamed.load(path), doctest::Contains("q_a_proj.weight/momentum' is missing"),
+  CHECK_THROWS_WITH_AS(muon::load_state(renamed, path), doctest::Contains("q_a_proj.weight/momentum' is missing"),
                        muon::StateMismatch);
   CHECK(renamed.step_count() == 0);
 
@@ -237,23 +238,23 @@ TEST_CASE("load rejects a state that does not match the table, naming the first 
   table[1].value = {q2.data(), {16, 24}};
   table[1].grad = {dq2.data(), {16, 24}};
   Opt reshaped(table);
-  CHECK_THROWS_WITH_AS(reshaped.load(path), doctest::Contains("has shape [24, 16], the parameter has [16, 24]"),
+  CHECK_THROWS_WITH_AS(muon::load_state(reshaped, path), doctest::Contains("has shape [24, 16], the parameter has [16, 24]"),
                        muon::StateMismatch);
 
   table = other.table();
   table[1].rule = muon::Rule::adamw;
   Opt rerouted(table);
-  CHECK_THROWS_WITH_AS(rerouted.load(path), doctest::Contains("q_proj.weight/exp_avg' is missing"), muon::StateMismatch);
+  CHECK_THROWS_WITH_AS(muon::load_state(rerouted, path), doctest::Contains("q_proj.weight/exp_avg' is missing"), muon::StateMismatch);
 
   table = other.table();
   table.pop_back();
   Opt smaller(table);
-  CHECK_THROWS_WITH_AS(smaller.load(path), doctest::Contains("'lm_head.weight/exp_avg' matches no parameter"),
+  CHECK_THROWS_WITH_AS(muon::load_state(smaller, path), doctest::Contains("'lm_head.weight/exp_avg' matches no parameter"),
                        muon::StateMismatch);
 
   // A truncated file is a FileError naming the file.
   std::filesystem::resize_file(path, std::filesystem::file_size(path) - 4);
   Opt fresh(other.table());
-  CHECK_THROWS_WITH_AS(fresh.load(path), doctest::Contains(path.filename().string().c_str()), muon::FileError);
+  CHECK_THROWS_WITH_AS(muon::load_state(fresh, path), doctest::Contains(path.filename().string().c_str()), muon::FileError);
   std::filesystem::remove(path);
 }

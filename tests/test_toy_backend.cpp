@@ -1,11 +1,13 @@
 // The proof that the seam is small and real: a backend of std::vector and plain loops, written
-// here from nothing but muon/backend.hpp, runs the same rules as the Eigen backend. Its results
-// also serve as the reference in a conformance test of every Eigen backend operation.
+// from nothing but muon/backend.hpp (toy_backend.hpp), runs the same rules as the Eigen backend.
+// Its results also serve as the reference in a conformance test of every Eigen backend operation.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <muon/muon.hpp>
 #include <vector>
+
+#include "toy_backend.hpp"
 
 #ifdef MUON_HAS_EIGEN
 #include <muon/backends/eigen.hpp>
@@ -13,72 +15,7 @@
 
 namespace {
 
-struct ToyBackend {
-  struct Buffer {
-    std::vector<float> data;
-    std::span<float> span() { return data; }
-  };
-  Buffer allocate(std::int64_t n) { return {std::vector<float>(static_cast<std::size_t>(n), 0.0f)}; }
-
-  static float at(muon::MatrixStack<const float> m, std::int64_t k, std::int64_t i, std::int64_t j, muon::Transpose t) {
-    return t == muon::Transpose::yes ? m.matrix(k)[j * m.cols + i] : m.matrix(k)[i * m.cols + j];
-  }
-  void gemm(float alpha, muon::MatrixStack<const float> a, muon::Transpose ta, muon::MatrixStack<const float> b,
-            muon::Transpose tb, float beta, muon::MatrixStack<float> c) {
-    const std::int64_t inner = ta == muon::Transpose::yes ? a.rows : a.cols;
-    for (std::int64_t k = 0; k < c.batch; ++k)
-      for (std::int64_t i = 0; i < c.rows; ++i)
-        for (std::int64_t j = 0; j < c.cols; ++j) {
-          double s = 0.0;
-          for (std::int64_t l = 0; l < inner; ++l) s += double{at(a, k, i, l, ta)} * at(b, k, l, j, tb);
-          float& out = c.matrix(k)[i * c.cols + j];
-          out = static_cast<float>(alpha * s + (beta == 0.0f ? 0.0 : beta * out));
-        }
-  }
-  void gram(float alpha, muon::MatrixStack<const float> x, muon::GramSide side, float beta, muon::MatrixStack<float> c) {
-    const auto t = side == muon::GramSide::rows ? muon::Transpose::yes : muon::Transpose::no;
-    gemm(alpha, x, side == muon::GramSide::rows ? muon::Transpose::no : muon::Transpose::yes, x, t, beta, c);
-  }
-  void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) {
-    for (std::size_t i = 0; i < y.size(); ++i) y[i] = alpha * x[i] + (beta == 0.0f ? 0.0f : beta * y[i]);
-  }
-  void normalize(muon::MatrixStack<float> x, float eps, muon::NormEps mode) {
-    for (std::int64_t k = 0; k < x.batch; ++k) {
-      double ss = 0.0;
-      for (std::int64_t i = 0; i < x.matrix_size(); ++i) ss += double{x.matrix(k)[i]} * x.matrix(k)[i];
-      const double n = std::sqrt(ss);
-      const double d = mode == muon::NormEps::add ? n + eps : std::max(n, double{eps});
-      for (std::int64_t i = 0; i < x.matrix_size(); ++i) x.matrix(k)[i] = static_cast<float>(x.matrix(k)[i] / d);
-    }
-  }
-  void momentum(std::span<float> m, std::span<const float> g, muon::MomentumStep s, std::span<float> u) {
-    const float gain = s.form == muon::MomentumForm::sum ? 1.0f : 1.0f - s.mu;
-    for (std::size_t i = 0; i < m.size(); ++i) {
-      m[i] = s.mu * m[i] + gain * g[i] * s.grad_scale;
-      u[i] = s.nesterov ? gain * g[i] * s.grad_scale + s.mu * m[i] : m[i];
-    }
-  }
-  void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, muon::AdamWStep s) {
-    const double bc1 = 1.0 - std::pow(double{s.beta1}, double(s.step));
-    const double bc2 = 1.0 - std::pow(double{s.beta2}, double(s.step));
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      const double gi = double{g[i]} * s.grad_scale;
-      m[i] = static_cast<float>(s.beta1 * m[i] + (1.0 - s.beta1) * gi);
-      v[i] = static_cast<float>(s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi);
-      w[i] = static_cast<float>(w[i] * (1.0 - double{s.lr} * s.weight_decay) -
-                                s.lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + s.eps));
-    }
-  }
-  double sum_squares(std::span<const float> x) {
-    double s = 0.0;
-    for (float v : x) s += double{v} * v;
-    return s;
-  }
-  void to_host(std::span<const float> x, std::span<float> host) { std::copy(x.begin(), x.end(), host.begin()); }
-  void from_host(std::span<const float> host, std::span<float> y) { std::copy(host.begin(), host.end(), y.begin()); }
-};
-
-static_assert(muon::Backend<ToyBackend>);
+using muon::test::ToyBackend;
 
 std::vector<float> random_values(std::size_t n, unsigned seed) {
   std::vector<float> v(n);
@@ -148,6 +85,8 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
     for (std::size_t i = 0; i < x.size(); ++i) CHECK(x[i] == doctest::Approx(y[i]).epsilon(1e-5));
   };
   using muon::Transpose;
+  // Step 3 of a group with lr 0.01, weight decay 0.1 and a clipping factor of 0.5.
+  const muon::StepValues values = muon::step_values({.lr = 0.01, .weight_decay = 0.1}, 1.0, 0.5, 3);
   // gemm, all four transpose combinations (B and A reinterpreted with swapped shapes).
   for (auto ta : {Transpose::no, Transpose::yes})
     for (auto tb : {Transpose::no, Transpose::yes}) {
@@ -185,7 +124,7 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
     for (bool nesterov : {true, false}) {
       auto mx = c0, my = c0;
       std::vector<float> ux(c0.size()), uy(c0.size());
-      const muon::MomentumStep s{0.9f, form, nesterov, 0.5f};
+      const muon::MomentumStep s{0.9f, form, nesterov, &values};
       toy.momentum(mx, std::span(a).first(c0.size()), s, ux);
       cpu.momentum(my, std::span(a).first(c0.size()), s, uy);
       close(mx, my);
@@ -195,12 +134,19 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
     auto wx = c0, wy = c0, mx = random_values(c0.size(), 15), my = mx, vx = random_values(c0.size(), 16);
     for (float& v : vx) v = v * v;
     auto vy = vx;
-    const muon::AdamWStep s{0.01f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 3};
+    const muon::AdamWStep s{0.9f, 0.95f, 1e-8f, &values};
     toy.adamw(wx, std::span(a).first(c0.size()), mx, vx, s);
     cpu.adamw(wy, std::span(a).first(c0.size()), my, vy, s);
     close(wx, wy);
     close(mx, my);
     close(vx, vy);
+  }
+  {
+    auto x = c0, y = c0;
+    const muon::UpdateStep s{0.2 * std::sqrt(6.0), &values};
+    toy.update(x, std::span(a).first(c0.size()), s);
+    cpu.update(y, std::span(a).first(c0.size()), s);
+    close(x, y);
   }
   CHECK(toy.sum_squares(a) == doctest::Approx(cpu.sum_squares(a)).epsilon(1e-12));
 }

@@ -8,6 +8,7 @@
 #include <muon/dist/plan.hpp>
 #include <muon/dist/self.hpp>
 #include <muon/dist/zero1.hpp>
+#include <muon/optimizer.hpp>
 #include <numeric>
 #include <random>
 
@@ -165,9 +166,9 @@ TEST_CASE("on one rank, ZeRO-1 equals the single-process optimizer bit for bit, 
   muon::test::ZeroModel resumed;
   resumed.set_values(zm.values());
   muon::Optimizer<muon::EigenBackend> from_zero(resumed.table(), options);
-  from_zero.load(path);
+  muon::load_state(from_zero, path);
   CHECK(from_zero.step_count() == 4);
-  single.save(path);
+  muon::save_state(single, path);
   Zero from_single(zm.table(), options, {}, {}, {.bucket_elements = 300});
   from_single.load(path);
   std::filesystem::remove(path);

@@ -8,6 +8,7 @@
 #include <span>
 
 #include "muon/backend.hpp"
+#include "muon/schema.hpp"
 
 namespace muon {
 
@@ -15,6 +16,12 @@ struct AdamWOptions {
   float beta1 = 0.9f;
   float beta2 = 0.95f;
   float eps = 1e-8f;
+};
+template <>
+struct Schema<AdamWOptions> {
+  static constexpr auto fields =
+      std::tuple{field("beta1", &AdamWOptions::beta1, kUnitInterval), field("beta2", &AdamWOptions::beta2, kUnitInterval),
+                 field("eps", &AdamWOptions::eps, kPositive)};
 };
 
 struct AdamWSlot {
@@ -24,11 +31,11 @@ struct AdamWSlot {
   std::span<float> exp_avg_sq;
 };
 
+// The step's lr, decay, bias corrections and clipping factor are read from `values` (backend
+// memory) when the operation runs.
 template <Backend B>
-void adamw_update(B& backend, const AdamWSlot& s, const AdamWOptions& o, float lr, float weight_decay,
-                  float grad_scale, std::int64_t step) {
-  backend.adamw(s.value, s.grad, s.exp_avg, s.exp_avg_sq,
-                AdamWStep{lr, o.beta1, o.beta2, o.eps, weight_decay, grad_scale, step});
+void adamw_update(B& backend, const AdamWSlot& s, const AdamWOptions& o, const StepValues* values) {
+  backend.adamw(s.value, s.grad, s.exp_avg, s.exp_avg_sq, AdamWStep{o.beta1, o.beta2, o.eps, values});
 }
 
 }  // namespace muon

@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "muon/error.hpp"
+#include "muon/schema.hpp"
+
 namespace muon {
 
 struct NsCoefficients {
@@ -26,6 +29,20 @@ struct NsSchedule {
   // The triple of iteration k (0-based), repeating the last one.
   [[nodiscard]] NsCoefficients at(int k) const {
     return triples[static_cast<std::size_t>(std::min<int>(k, static_cast<int>(triples.size()) - 1))];
+  }
+};
+
+template <>
+struct Schema<NsCoefficients> {
+  static constexpr auto fields = std::tuple{field("a", &NsCoefficients::a), field("b", &NsCoefficients::b),
+                                            field("c", &NsCoefficients::c)};
+};
+template <>
+struct Schema<NsSchedule> {
+  static constexpr auto fields = std::tuple{field("name", &NsSchedule::name), field("triples", &NsSchedule::triples),
+                                            field("norm_scale", &NsSchedule::norm_scale, kPositive)};
+  static void check(const NsSchedule& s, const std::string& path) {
+    if (s.triples.empty()) throw InvalidArgument(path + ".triples is empty: a schedule needs at least one (a, b, c)");
   }
 };
 

@@ -2,7 +2,8 @@
 //
 // Muon (momentum → Newton–Schulz → update scaled to AdamW's RMS, decoupled weight decay) for
 // hidden matrices and AdamW for the rest, written once against the muon::Backend concept.
-// Include a backend too, e.g. <muon/backends/eigen.hpp>.
+// Include a backend too, e.g. <muon/backends/eigen.hpp>, and <muon/state_file.hpp> to save and
+// load the optimizer state (the core itself reads and writes no files).
 #pragma once
 
 #include "muon/adamw_rule.hpp"       // IWYU pragma: export
@@ -15,6 +16,8 @@
 #include "muon/orthogonalize.hpp"    // IWYU pragma: export
 #include "muon/parameter.hpp"        // IWYU pragma: export
 #include "muon/schedule.hpp"         // IWYU pragma: export
-#include "muon/state_io.hpp"         // IWYU pragma: export
+#include "muon/state.hpp"            // IWYU pragma: export
+#include "muon/step_driver.hpp"      // IWYU pragma: export
+#include "muon/stepper.hpp"          // IWYU pragma: export
 #include "muon/tensor.hpp"           // IWYU pragma: export
 #include "muon/version.hpp"          // IWYU pragma: export

@@ -23,12 +23,24 @@ enum class ScaleMode {
   none,             // 1
 };
 
+template <>
+struct EnumNames<ScaleMode> {
+  static constexpr std::array names{std::pair{ScaleMode::match_adamw_rms, "match_adamw_rms"},
+                                    std::pair{ScaleMode::keller, "keller"}, std::pair{ScaleMode::none, "none"}};
+};
+
 struct MuonOptions {
   float momentum = 0.95f;
   MomentumForm momentum_form = MomentumForm::sum;
   bool nesterov = true;
   ScaleMode scale = ScaleMode::match_adamw_rms;
   NsOptions ns{};
+};
+template <>
+struct Schema<MuonOptions> {
+  static constexpr auto fields = std::tuple{
+      field("momentum", &MuonOptions::momentum, kUnitInterval), field("momentum_form", &MuonOptions::momentum_form),
+      field("nesterov", &MuonOptions::nesterov), field("scale", &MuonOptions::scale), field("ns", &MuonOptions::ns)};
 };
 
 [[nodiscard]] inline double update_scale(ScaleMode mode, std::int64_t rows, std::int64_t cols) {
@@ -51,17 +63,16 @@ struct MuonSlot {
 };
 
 // Updates every matrix of one shape group: `stack` holds all their Newton–Schulz inputs back to
-// back (rows×cols each), so one batched orthogonalisation serves the whole group.
+// back (rows×cols each), so one batched orthogonalisation serves the whole group. The step's lr,
+// decay and clipping factor are read from `values` (backend memory) when the operations run.
 template <Backend B>
 void muon_update(B& backend, std::span<const MuonSlot> slots, MatrixStack<float> stack,
-                 NsWorkspace<B>& ws, const MuonOptions& o, float lr, float weight_decay,
-                 float grad_scale) {
-  const MomentumStep ms{o.momentum, o.momentum_form, o.nesterov, grad_scale};
+                 NsWorkspace<B>& ws, const MuonOptions& o, const StepValues* values) {
+  const MomentumStep ms{o.momentum, o.momentum_form, o.nesterov, values};
   for (const MuonSlot& s : slots) backend.momentum(s.momentum, s.grad, ms, s.ns_input);
   orthogonalize(backend, stack, o.ns, ws);
-  const auto step = static_cast<float>(lr * update_scale(o.scale, stack.rows, stack.cols));
-  const float decay = 1.0f - lr * weight_decay;
-  for (const MuonSlot& s : slots) backend.axpby(-step, s.ns_input, decay, s.value);
+  const UpdateStep update{update_scale(o.scale, stack.rows, stack.cols), values};
+  for (const MuonSlot& s : slots) backend.update(s.value, s.ns_input, update);
 }
 
 }  // namespace muon

@@ -7,14 +7,17 @@
 //   muon::Options o{.lr = 4.2e-4, .weight_decay = 0.1, .max_grad_norm = 1.0};
 #pragma once
 
-#include <cmath>
+#include <array>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "muon/adamw_rule.hpp"
 #include "muon/error.hpp"
 #include "muon/muon_rule.hpp"
 #include "muon/schedule.hpp"
+#include "muon/schema.hpp"
 
 namespace muon {
 
@@ -39,28 +42,29 @@ struct Options {
   OnNonFinite on_non_finite = OnNonFinite::fail;
 };
 
-inline void validate(const Options& o) {
-  const auto finite_nonneg = [](double v, const std::string& field) {
-    if (!(v >= 0.0) || !std::isfinite(v))
-      throw InvalidArgument("Options." + field + " must be finite and >= 0, got " + std::to_string(v));
-  };
-  const auto in_unit = [](double v, const std::string& field) {
-    if (!(v >= 0.0 && v < 1.0))
-      throw InvalidArgument("Options." + field + " must be in [0, 1), got " + std::to_string(v));
-  };
-  finite_nonneg(o.lr, "lr");
-  finite_nonneg(o.weight_decay, "weight_decay");
-  finite_nonneg(o.max_grad_norm, "max_grad_norm");
-  for (const auto& [g, name] : {std::pair{&o.muon_group, "muon_group"}, {&o.adamw_group, "adamw_group"}}) {
-    if (g->lr) finite_nonneg(*g->lr, std::string(name) + ".lr");
-    if (g->weight_decay) finite_nonneg(*g->weight_decay, std::string(name) + ".weight_decay");
-  }
-  in_unit(o.muon.momentum, "muon.momentum");
-  in_unit(o.adamw.beta1, "adamw.beta1");
-  in_unit(o.adamw.beta2, "adamw.beta2");
-  if (!(o.adamw.eps > 0.0f)) throw InvalidArgument("Options.adamw.eps must be > 0");
-  validate(o.muon.ns);
-  validate(o.schedule);
-}
+template <>
+struct Schema<GroupOverrides> {
+  static constexpr auto fields = std::tuple{field("lr", &GroupOverrides::lr, kNonNegative),
+                                            field("weight_decay", &GroupOverrides::weight_decay, kNonNegative)};
+};
+template <>
+struct EnumNames<OnNonFinite> {
+  static constexpr std::array names{std::pair{OnNonFinite::fail, "fail"}, std::pair{OnNonFinite::skip, "skip"}};
+};
+template <>
+struct Schema<Options> {
+  static constexpr auto fields = std::tuple{field("lr", &Options::lr, kNonNegative),
+                                            field("weight_decay", &Options::weight_decay, kNonNegative),
+                                            field("muon", &Options::muon),
+                                            field("adamw", &Options::adamw),
+                                            field("muon_group", &Options::muon_group),
+                                            field("adamw_group", &Options::adamw_group),
+                                            field("schedule", &Options::schedule),
+                                            field("max_grad_norm", &Options::max_grad_norm, kNonNegative),
+                                            field("on_non_finite", &Options::on_non_finite)};
+};
+
+// Throws InvalidArgument naming the first field out of range ("Options.muon.ns.steps ...").
+inline void validate(const Options& o) { validate_fields(o, "Options"); }
 
 }  // namespace muon

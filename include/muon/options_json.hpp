@@ -1,137 +1,143 @@
-// muon/options_json.hpp: Options to and from JSON, so a checkpoint carries its hyper-parameters.
+// muon/options_json.hpp: options structs to and from JSON, through their field tables (muon/schema.hpp).
 //
-// Every field is written, including the Newton–Schulz schedule's triples, so a custom schedule
-// survives a save and load. Floats go through double and back, which round-trips exactly.
+// Every field is written, by its table name: enums by name, an unset std::optional as null, a
+// variant as an object with its alternative's "kind" and fields, a list as an array. Floats go
+// through double and back, which round-trips exactly. Reading names the field at fault (its path)
+// and what was expected, refuses keys that are not fields (a typo never silently keeps a
+// default), and either requires every field (a saved state) or keeps the defaults of those left
+// out (a run config).
+//
+//   nlohmann::json j = muon::to_json(options);
+//   muon::Options o = muon::options_from_json(j);   // complete and valid, or InvalidArgument
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <type_traits>
 
 #include "muon/error.hpp"
 #include "muon/options.hpp"
+#include "muon/schema.hpp"
 
 namespace muon {
 
-namespace internal {
-
-template <class Enum, std::size_t N>
-std::string enum_name(Enum value, const std::array<std::pair<Enum, const char*>, N>& names) {
-  for (const auto& [v, n] : names)
-    if (v == value) return n;
-  return "?";
-}
-template <class Enum, std::size_t N>
-Enum enum_value(const std::string& text, const std::array<std::pair<Enum, const char*>, N>& names,
-                const char* field) {
-  for (const auto& [v, n] : names)
-    if (text == n) return v;
-  throw InvalidArgument(std::string("options field '") + field + "' has unknown value '" + text + "'");
-}
-
-inline constexpr std::array kMomentumForms{std::pair{MomentumForm::sum, "sum"}, std::pair{MomentumForm::ema, "ema"}};
-inline constexpr std::array kNormEps{std::pair{NormEps::add, "add"}, std::pair{NormEps::max, "max"}};
-inline constexpr std::array kScaleModes{std::pair{ScaleMode::match_adamw_rms, "match_adamw_rms"},
-                                        std::pair{ScaleMode::keller, "keller"}, std::pair{ScaleMode::none, "none"}};
-inline constexpr std::array kOnNonFinite{std::pair{OnNonFinite::fail, "fail"}, std::pair{OnNonFinite::skip, "skip"}};
-
-inline nlohmann::json group_json(const GroupOverrides& g) {
-  nlohmann::json j = nlohmann::json::object();
-  if (g.lr) j["lr"] = *g.lr;
-  if (g.weight_decay) j["weight_decay"] = *g.weight_decay;
-  return j;
-}
-inline GroupOverrides group_from_json(const nlohmann::json& j) {
-  GroupOverrides g;
-  if (j.contains("lr")) g.lr = j.at("lr").get<double>();
-  if (j.contains("weight_decay")) g.weight_decay = j.at("weight_decay").get<double>();
-  return g;
-}
-
-inline nlohmann::json schedule_json(const LrSchedule& s) {
-  if (const auto* c = std::get_if<WarmupCosine>(&s))
-    return {{"kind", "warmup_cosine"}, {"warmup_steps", c->warmup_steps}, {"total_steps", c->total_steps},
-            {"final_ratio", c->final_ratio}};
-  if (const auto* w = std::get_if<WarmupStableDecay>(&s))
-    return {{"kind", "warmup_stable_decay"}, {"warmup_steps", w->warmup_steps},
-            {"stable_steps", w->stable_steps}, {"decay_steps", w->decay_steps}, {"final_ratio", w->final_ratio}};
-  return {{"kind", "constant"}};
-}
-inline LrSchedule schedule_from_json(const nlohmann::json& j) {
-  const auto kind = j.at("kind").get<std::string>();
-  if (kind == "constant") return ConstantLr{};
-  if (kind == "warmup_cosine")
-    return WarmupCosine{j.at("warmup_steps").get<std::int64_t>(), j.at("total_steps").get<std::int64_t>(),
-                        j.at("final_ratio").get<double>()};
-  if (kind == "warmup_stable_decay")
-    return WarmupStableDecay{j.at("warmup_steps").get<std::int64_t>(), j.at("stable_steps").get<std::int64_t>(),
-                             j.at("decay_steps").get<std::int64_t>(), j.at("final_ratio").get<double>()};
-  throw InvalidArgument("options field 'schedule.kind' has unknown value '" + kind + "'");
-}
-
-}  // namespace internal
-
-[[nodiscard]] inline nlohmann::json to_json(const Options& o) {
-  using namespace internal;
-  nlohmann::json triples = nlohmann::json::array();
-  for (const auto& t : o.muon.ns.schedule.triples) triples.push_back({t.a, t.b, t.c});
-  return {
-      {"lr", o.lr},
-      {"weight_decay", o.weight_decay},
-      {"muon",
-       {{"momentum", o.muon.momentum},
-        {"momentum_form", enum_name(o.muon.momentum_form, kMomentumForms)},
-        {"nesterov", o.muon.nesterov},
-        {"scale", enum_name(o.muon.scale, kScaleModes)},
-        {"ns",
-         {{"schedule", {{"name", o.muon.ns.schedule.name}, {"triples", triples},
-                        {"norm_scale", o.muon.ns.schedule.norm_scale}}},
-          {"steps", o.muon.ns.steps},
-          {"eps", o.muon.ns.eps},
-          {"eps_mode", enum_name(o.muon.ns.eps_mode, kNormEps)},
-          {"symmetric_products", o.muon.ns.symmetric_products}}}}},
-      {"adamw", {{"beta1", o.adamw.beta1}, {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps}}},
-      {"muon_group", group_json(o.muon_group)},
-      {"adamw_group", group_json(o.adamw_group)},
-      {"schedule", schedule_json(o.schedule)},
-      {"max_grad_norm", o.max_grad_norm},
-      {"on_non_finite", enum_name(o.on_non_finite, kOnNonFinite)},
-  };
-}
-
-// Throws InvalidArgument naming the field when the JSON is not a complete Options.
-[[nodiscard]] inline Options options_from_json(const nlohmann::json& j) {
-  using namespace internal;
-  try {
-    Options o;
-    o.lr = j.at("lr").get<double>();
-    o.weight_decay = j.at("weight_decay").get<double>();
-    const auto& m = j.at("muon");
-    o.muon.momentum = m.at("momentum").get<float>();
-    o.muon.momentum_form = enum_value(m.at("momentum_form").get<std::string>(), kMomentumForms, "muon.momentum_form");
-    o.muon.nesterov = m.at("nesterov").get<bool>();
-    o.muon.scale = enum_value(m.at("scale").get<std::string>(), kScaleModes, "muon.scale");
-    const auto& ns = m.at("ns");
-    o.muon.ns.schedule.name = ns.at("schedule").at("name").get<std::string>();
-    o.muon.ns.schedule.norm_scale = ns.at("schedule").at("norm_scale").get<double>();
-    o.muon.ns.schedule.triples.clear();
-    for (const auto& t : ns.at("schedule").at("triples"))
-      o.muon.ns.schedule.triples.push_back({t.at(0).get<double>(), t.at(1).get<double>(), t.at(2).get<double>()});
-    o.muon.ns.steps = ns.at("steps").get<int>();
-    o.muon.ns.eps = ns.at("eps").get<float>();
-    o.muon.ns.eps_mode = enum_value(ns.at("eps_mode").get<std::string>(), kNormEps, "muon.ns.eps_mode");
-    o.muon.ns.symmetric_products = ns.at("symmetric_products").get<bool>();
-    const auto& a = j.at("adamw");
-    o.adamw = {a.at("beta1").get<float>(), a.at("beta2").get<float>(), a.at("eps").get<float>()};
-    o.muon_group = group_from_json(j.at("muon_group"));
-    o.adamw_group = group_from_json(j.at("adamw_group"));
-    o.schedule = schedule_from_json(j.at("schedule"));
-    o.max_grad_norm = j.at("max_grad_norm").get<double>();
-    o.on_non_finite = enum_value(j.at("on_non_finite").get<std::string>(), kOnNonFinite, "on_non_finite");
-    validate(o);
-    return o;
-  } catch (const nlohmann::json::exception& e) {
-    throw InvalidArgument(std::string("saved options are incomplete or mistyped: ") + e.what());
+template <class T>
+[[nodiscard]] nlohmann::json value_to_json(const T& value) {
+  if constexpr (NamedEnum<T>) {
+    return std::string(enum_name(value));
+  } else if constexpr (OptionalField<T>) {
+    return value ? value_to_json(*value) : nlohmann::json(nullptr);
+  } else if constexpr (VectorField<T>) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& e : value) out.push_back(value_to_json(e));
+    return out;
+  } else if constexpr (VariantField<T>) {
+    return std::visit(
+        [](const auto& alternative) {
+          nlohmann::json out = value_to_json(alternative);
+          out["kind"] = std::string(Schema<std::remove_cvref_t<decltype(alternative)>>::kind);
+          return out;
+        },
+        value);
+  } else if constexpr (HasSchema<T>) {
+    nlohmann::json out = nlohmann::json::object();
+    for_each_field(value, [&](const auto& f, const auto& v) { out[std::string(f.name)] = value_to_json(v); });
+    return out;
+  } else {
+    return value;  // numbers, bool, std::string
   }
+}
+
+// Every field of an options struct, by its table.
+template <HasSchema S>
+[[nodiscard]] nlohmann::json to_json(const S& s) {
+  return value_to_json(s);
+}
+
+// What reading does with a field the JSON leaves out.
+enum class MissingFields { fail, keep };
+
+template <class T>
+void value_from_json(const nlohmann::json& j, T& value, const std::string& path, MissingFields missing) {
+  const auto fail = [&](const std::string& expected) {
+    throw InvalidArgument(path + " is " + j.dump() + ", expected " + expected);
+  };
+  if constexpr (std::same_as<T, bool>) {
+    if (!j.is_boolean()) fail("true or false");
+    value = j.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!j.is_number_integer()) fail("an integer");
+    if (j.is_number_unsigned() ? j.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<T>::max())
+                               : j.get<std::int64_t>() < static_cast<std::int64_t>(std::numeric_limits<T>::min()) ||
+                                     (std::is_signed_v<T> && j.get<std::int64_t>() > std::numeric_limits<T>::max()))
+      fail("an integer that fits its type");
+    value = j.get<T>();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!j.is_number()) fail("a number");
+    value = static_cast<T>(j.get<double>());
+  } else if constexpr (std::same_as<T, std::string>) {
+    if (!j.is_string()) fail("a string");
+    value = j.get<std::string>();
+  } else if constexpr (NamedEnum<T>) {
+    const auto parsed = j.is_string() ? enum_value<T>(j.get<std::string>()) : std::nullopt;
+    if (!parsed) fail(enum_choices<T>());
+    value = *parsed;
+  } else if constexpr (OptionalField<T>) {
+    if (j.is_null()) {
+      value.reset();
+    } else {
+      typename T::value_type inner{};
+      value_from_json(j, inner, path, missing);
+      value = inner;
+    }
+  } else if constexpr (VectorField<T>) {
+    if (!j.is_array()) fail("an array");
+    T out(j.size());
+    for (std::size_t i = 0; i < j.size(); ++i) value_from_json(j[i], out[i], path + "[" + std::to_string(i) + "]", missing);
+    value = std::move(out);
+  } else if constexpr (VariantField<T>) {
+    if (!j.is_object() || !j.contains("kind") || !j.at("kind").is_string())
+      fail("an object with a \"kind\" (" + variant_kinds<T>() + ")");
+    nlohmann::json fields = j;
+    fields.erase("kind");
+    const std::string kind = j.at("kind").get<std::string>();
+    // A new kind starts from its defaults; the same kind as the current value starts from it.
+    const bool found = with_alternative_of_kind<T>(kind, [&](auto alternative) {
+      if (const auto* current = std::get_if<decltype(alternative)>(&value)) alternative = *current;
+      value_from_json(fields, alternative, path, missing);
+      value = alternative;
+    });
+    if (!found) throw InvalidArgument(path + ".kind is \"" + kind + "\", expected " + variant_kinds<T>());
+  } else {
+    static_assert(HasSchema<T>, "a field's type needs a Schema to be read from JSON");
+    if (!j.is_object()) fail("an object");
+    for (const auto& [key, v] : j.items()) {
+      bool known = false;
+      for_each_field(value, [&](const auto& f, auto&) { known = known || f.name == key; });
+      if (!known) throw InvalidArgument(path + "." + key + " is not an option (see the fields of " + path + ")");
+    }
+    for_each_field(value, [&](const auto& f, auto& member) {
+      const std::string name(f.name), at = path + "." + name;
+      if (j.contains(name))
+        value_from_json(j.at(name), member, at, missing);
+      else if (missing == MissingFields::fail)
+        throw InvalidArgument(at + " is missing");
+    });
+  }
+}
+
+// Reads `j` over `base` (the defaults unless given) and validates the result. Throws
+// InvalidArgument naming the first field at fault, under the name `path`.
+template <HasSchema S>
+[[nodiscard]] S from_json(const nlohmann::json& j, const std::string& path, MissingFields missing, S base = {}) {
+  value_from_json(j, base, path, missing);
+  validate_fields(base, path);
+  return base;
+}
+
+// A complete, valid Options (as a saved state holds them).
+[[nodiscard]] inline Options options_from_json(const nlohmann::json& j) {
+  return from_json<Options>(j, "Options", MissingFields::fail);
 }
 
 }  // namespace muon

@@ -51,17 +51,21 @@ struct NsOptions {
   return 2 * std::max(rows, cols) >= 5 * std::min(rows, cols);
 }
 
-inline void validate(const NsOptions& o) {
-  if (o.schedule.triples.empty())
-    throw InvalidArgument("NsOptions.schedule '" + o.schedule.name + "' has no coefficient triples");
-  if (o.steps < 1 || o.steps > 100)
-    throw InvalidArgument("NsOptions.steps must be in [1, 100], got " + std::to_string(o.steps));
-  if (!(o.eps > 0.0f) || !std::isfinite(o.eps))
-    throw InvalidArgument("NsOptions.eps must be a positive finite number (1e-7 is the usual value)");
-  if (!(o.schedule.norm_scale > 0.0))
-    throw InvalidArgument("NsOptions.schedule.norm_scale must be positive");
-  if (o.gram_restart < 0) throw InvalidArgument("NsOptions.gram_restart must be >= 0 (0 means never)");
-}
+template <>
+struct EnumNames<NsMethod> {
+  static constexpr std::array names{std::pair{NsMethod::automatic, "automatic"}, std::pair{NsMethod::plain, "plain"},
+                                    std::pair{NsMethod::gram, "gram"}};
+};
+template <>
+struct Schema<NsOptions> {
+  static constexpr auto fields = std::tuple{
+      field("schedule", &NsOptions::schedule),  field("steps", &NsOptions::steps, Limits{.min = 1, .max = 100}),
+      field("eps", &NsOptions::eps, kPositive), field("eps_mode", &NsOptions::eps_mode),
+      field("symmetric_products", &NsOptions::symmetric_products), field("method", &NsOptions::method),
+      field("gram_restart", &NsOptions::gram_restart, kNonNegative)};
+};
+
+inline void validate(const NsOptions& o) { validate_fields(o, "NsOptions"); }
 
 // Optional backend capability: the most matrices of one shape the backend wants in one batched
 // call. A CPU backend keeps one matrix's working set in cache this way; a backend without it

@@ -14,6 +14,7 @@
 #include <variant>
 
 #include "muon/error.hpp"
+#include "muon/schema.hpp"
 
 namespace muon {
 
@@ -65,21 +66,32 @@ inline double clamp01(double x) { return std::clamp(x, 0.0, 1.0); }
   return std::visit(Visitor{completed}, schedule);
 }
 
-inline void validate(const LrSchedule& schedule) {
-  const auto check_ratio = [](double r, const char* field) {
-    if (!(r >= 0.0 && r <= 1.0))
-      throw InvalidArgument(std::string(field) + " must be in [0, 1], got " + std::to_string(r));
-  };
-  if (const auto* s = std::get_if<WarmupCosine>(&schedule)) {
-    if (s->warmup_steps < 0 || s->total_steps <= s->warmup_steps)
-      throw InvalidArgument("WarmupCosine needs 0 <= warmup_steps < total_steps");
-    check_ratio(s->final_ratio, "WarmupCosine.final_ratio");
+template <>
+struct Schema<ConstantLr> {
+  static constexpr std::string_view kind = "constant";
+  static constexpr auto fields = std::tuple{};
+};
+template <>
+struct Schema<WarmupCosine> {
+  static constexpr std::string_view kind = "warmup_cosine";
+  static constexpr auto fields = std::tuple{field("warmup_steps", &WarmupCosine::warmup_steps, kNonNegative),
+                                            field("total_steps", &WarmupCosine::total_steps, Limits{.min = 1}),
+                                            field("final_ratio", &WarmupCosine::final_ratio, kFraction)};
+  static void check(const WarmupCosine& s, const std::string& path) {
+    if (s.warmup_steps >= s.total_steps)
+      throw InvalidArgument(path + ".warmup_steps (" + std::to_string(s.warmup_steps) + ") must be below " + path +
+                            ".total_steps (" + std::to_string(s.total_steps) + ")");
   }
-  if (const auto* s = std::get_if<WarmupStableDecay>(&schedule)) {
-    if (s->warmup_steps < 0 || s->stable_steps < 0 || s->decay_steps < 1)
-      throw InvalidArgument("WarmupStableDecay needs warmup_steps >= 0, stable_steps >= 0, decay_steps >= 1");
-    check_ratio(s->final_ratio, "WarmupStableDecay.final_ratio");
-  }
-}
+};
+template <>
+struct Schema<WarmupStableDecay> {
+  static constexpr std::string_view kind = "warmup_stable_decay";
+  static constexpr auto fields = std::tuple{field("warmup_steps", &WarmupStableDecay::warmup_steps, kNonNegative),
+                                            field("stable_steps", &WarmupStableDecay::stable_steps, kNonNegative),
+                                            field("decay_steps", &WarmupStableDecay::decay_steps, Limits{.min = 1}),
+                                            field("final_ratio", &WarmupStableDecay::final_ratio, kFraction)};
+};
+
+inline void validate(const LrSchedule& schedule) { validate_value(schedule, "LrSchedule", kAnyFinite); }
 
 }  // namespace muon

@@ -3,11 +3,13 @@
 // Models muon::Backend over device memory: Buffers are stream-ordered device allocations,
 // `span()` views device memory, and the parameters and gradients in the optimizer's table are
 // device pointers. Every operation is enqueued on one stream (the user's, or one the backend
-// makes) and none synchronises the host, except the three whose result the host needs:
-// `sum_squares` (a double for clipping and the NaN guard), `to_host` and `from_host`. So the
-// Muon rule (momentum → Newton–Schulz → decay and scaled update) and AdamW can be captured in a
-// CUDA graph; Optimizer::step() as a whole cannot, because its gradient check reads the norm on
-// the host: run the check outside the graph and capture step(check). The check itself costs one
+// makes) and none synchronises the host, except those whose result the host needs:
+// `sum_squares` (a double for clipping and the NaN guard), `to_host` and `from_host`, and
+// `upload` outside a capture. The step's numbers (lr, decay, clipping factor, bias corrections)
+// are read by the kernels from the step block (muon::StepValues) that `upload` fills, never
+// passed as kernel arguments, so Optimizer::apply() (the block's copy, momentum → Newton–Schulz →
+// decay and scaled update, AdamW) captured once in a CUDA graph replays every later step right:
+// run opt.begin_step(opt.check_gradients()) on the host, then launch the graph. The check costs one
 // synchronisation per parameter; muon/backends/cuda_gradients.hpp does it with one in all.
 //
 // Newton–Schulz precision (CudaOptions::ns_precision):
@@ -249,6 +251,29 @@ class CudaBackend {
 
   [[nodiscard]] Buffer allocate(std::int64_t n) { return Buffer(context_, n); }
 
+  // Pinned host memory for n floats, zero-filled: `upload` copies from it without waiting, and a
+  // graph captures that copy as a memcpy node that reads it at every replay.
+  class HostBuffer {
+   public:
+    HostBuffer() = default;
+    explicit HostBuffer(std::int64_t n) : size_(static_cast<std::size_t>(n)) {
+      if (n == 0) return;
+      void* p = nullptr;
+      MUON_CUDA_CHECK(cudaMallocHost(&p, size_ * sizeof(float)));
+      data_.reset(static_cast<float*>(p));
+      std::fill_n(data_.get(), size_, 0.0f);
+    }
+    [[nodiscard]] std::span<float> span() { return {data_.get(), size_}; }
+
+   private:
+    struct Free {
+      void operator()(float* p) const noexcept { cudaFreeHost(p); }
+    };
+    std::unique_ptr<float, Free> data_;
+    std::size_t size_ = 0;
+  };
+  [[nodiscard]] HostBuffer allocate_host(std::int64_t n) { return HostBuffer(n); }
+
   // C = α·op(A)·op(B) + β·C per matrix. Row-major C = op(A)·op(B) is column-major
   // Cᵀ = op(B)ᵀ·op(A)ᵀ, and a row-major matrix read column-major is its transpose: so cuBLAS gets
   // B first, each with its own transpose flag, and the leading dimensions are the row lengths.
@@ -317,13 +342,15 @@ class CudaBackend {
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
-  // Decay and apply of a bf16 update onto fp32 parameters: W ← decay·W − step·U. Beyond the
-  // concept, for callers that keep the orthogonalised update in bf16.
-  void apply_update(std::span<float> w, const __nv_bfloat16* u, float step, float decay) {
+  // Muon's decay and apply, W ← decay·W − (lr·scale)·O, with lr and decay read on the device.
+  void update(std::span<float> w, std::span<const float> o, UpdateStep s) { update(w, o.data(), s); }
+  // The same from a bf16 update, beyond the concept: for callers that keep O in bf16.
+  template <class X>
+  void update(std::span<float> w, const X* o, UpdateStep s) {
     if (w.empty()) return;
     const auto n = static_cast<std::int64_t>(w.size());
-    kernels::axpby_kernel<__nv_bfloat16>
-        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, -step, u, decay, w.data());
+    kernels::update_kernel<X>
+        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, s.scale, s.values, o, w.data());
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -372,7 +399,7 @@ class CudaBackend {
     const auto n = static_cast<std::int64_t>(m.size());
     const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;  // weight of G in the buffer
     kernels::momentum_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(
-        n, m.data(), g.data(), s.mu, gain, s.grad_scale, s.nesterov, u.data());
+        n, m.data(), g.data(), s.mu, gain, s.values, s.nesterov, u.data());
     MUON_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -384,15 +411,7 @@ class CudaBackend {
   // AdamW on many tensors with the same hyper-parameters, in as few launches as possible
   // (kernels/adamw.cuh). Beyond the concept.
   void adamw_many(std::span<const kernels::AdamWTensor> tensors, AdamWStep s) {
-    const auto t = static_cast<double>(s.step);
-    const kernels::AdamWScalars scalars{s.beta1,
-                                        s.beta2,
-                                        s.eps,
-                                        s.lr / static_cast<float>(1.0 - std::pow(double{s.beta1}, t)),
-                                        static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t))),
-                                        1.0f - s.lr * s.weight_decay,
-                                        s.grad_scale};
-    MUON_CUDA_CHECK(kernels::launch_adamw(tensors, scalars, context_->stream));
+    MUON_CUDA_CHECK(kernels::launch_adamw(tensors, {s.beta1, s.beta2, s.eps}, s.values, context_->stream));
   }
 
   // Σ x² in double. The host needs the value, so this synchronises the stream: the one
@@ -441,6 +460,18 @@ class CudaBackend {
     MUON_CUDA_CHECK(
         cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
     MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
+  }
+
+  // The step block's copy from pinned memory (allocate_host), in stream order. Outside a capture
+  // it waits, so the host may refill the memory for the next step at once; inside a capture it is
+  // the graph's memcpy node, and each replay copies what the host wrote before launching it.
+  void upload(std::span<const float> host, std::span<float> y) {
+    if (host.empty()) return;
+    MUON_CUDA_CHECK(
+        cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    MUON_CUDA_CHECK(cudaStreamIsCapturing(context_->stream, &status));
+    if (status == cudaStreamCaptureStatusNone) MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
   }
 
   // At least `bytes` of the backend's scratch arena (device memory, 256-byte aligned), valid until

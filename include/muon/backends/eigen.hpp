@@ -128,6 +128,9 @@ class EigenBackend {
   };
 
   [[nodiscard]] Buffer allocate(std::int64_t n) { return Buffer(n); }
+  // The backend's memory is the host's: the staging for the step block is a Buffer too.
+  using HostBuffer = Buffer;
+  [[nodiscard]] HostBuffer allocate_host(std::int64_t n) { return Buffer(n); }
 
   void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b,
             Transpose tb, float beta, MatrixStack<float> c) {
@@ -201,7 +204,7 @@ class EigenBackend {
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
     const cpu::MomentumFactors f{.mu = s.mu,
                                  .gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu,  // weight of G in M
-                                 .grad_scale = s.grad_scale,
+                                 .grad_scale = s.values->grad_scale,
                                  .nesterov = s.nesterov};
     for_blocks(m.size(), [&](std::int64_t begin, std::int64_t len) {
       kernels_->momentum(m.data() + begin, g.data() + begin, u.data() + begin, len, f);
@@ -212,18 +215,22 @@ class EigenBackend {
   // W -= (lr / bc1) · m / (√v / √bc2 + ε).
   void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v,
              AdamWStep s) {
-    const auto t = static_cast<double>(s.step);
-    const cpu::AdamWFactors f{
-        .beta1 = s.beta1,
-        .beta2 = s.beta2,
-        .eps = s.eps,
-        .step_size = s.lr / static_cast<float>(1.0 - std::pow(double{s.beta1}, t)),
-        .decay = 1.0f - s.lr * s.weight_decay,
-        .bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double{s.beta2}, t))),
-        .grad_scale = s.grad_scale};
+    const StepValues& t = *s.values;
+    const cpu::AdamWFactors f{.beta1 = s.beta1,
+                              .beta2 = s.beta2,
+                              .eps = s.eps,
+                              .step_size = t.adamw_step_size,
+                              .decay = t.decay,
+                              .bc2_sqrt = t.adamw_bc2_sqrt,
+                              .grad_scale = t.grad_scale};
     for_blocks(w.size(), [&](std::int64_t begin, std::int64_t len) {
       kernels_->adamw(w.data() + begin, g.data() + begin, m.data() + begin, v.data() + begin, len, f);
     });
+  }
+
+  void update(std::span<float> w, std::span<const float> o, UpdateStep s) {
+    const StepValues& t = *s.values;
+    axpby(-static_cast<float>(t.lr * s.scale), o, t.decay, w);
   }
 
   // Newton–Schulz takes a stack in chunks of about 16 MiB of matrices, so that one matrix's
@@ -254,6 +261,7 @@ class EigenBackend {
   void from_host(std::span<const float> host, std::span<float> y) {
     std::copy(host.begin(), host.end(), y.begin());
   }
+  void upload(std::span<const float> host, std::span<float> y) { from_host(host, y); }
 
  private:
   using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;

@@ -11,8 +11,9 @@
 //   → every rank copies the other owners' updated values into its model.
 //
 // A rank holds state only for what it owns, so the state per rank is 1/N of the single-process
-// optimizer's. The owners' work is the single-process optimizer itself (optimizer.hpp), one per
-// bucket over that rank's pieces: the rules exist once. Results depend on the world size only
+// optimizer's. One StepDriver decides each step (guard, clip, schedule, the one step counter) and
+// copies its numbers to the backend once; the owners' work is a Stepper per bucket over that
+// rank's pieces (muon/stepper.hpp), as in the single-process optimizer: the rules exist once. Results depend on the world size only
 // through the order in which the engine sums gradients and the ranks sum the clipping norm
 // (tests/test_zero_mpi.cpp: bit for bit where those sums are exact).
 //
@@ -46,10 +47,12 @@
 #include "muon/dist/communicator.hpp"
 #include "muon/dist/plan.hpp"
 #include "muon/error.hpp"
-#include "muon/optimizer.hpp"
 #include "muon/options_json.hpp"
 #include "muon/parameter.hpp"
-#include "muon/state_io.hpp"
+#include "muon/state.hpp"
+#include "muon/state_file.hpp"
+#include "muon/step_driver.hpp"
+#include "muon/stepper.hpp"
 
 namespace muon::dist {
 
@@ -65,9 +68,9 @@ class ZeroOptimizer {
   using Buffer = typename B::Buffer;
 
   ZeroOptimizer(std::vector<Parameter> params, Options options, C comm, B backend = {}, ZeroOptions zero = {})
-      : comm_(std::move(comm)), backend_(std::move(backend)), params_(std::move(params)), options_(std::move(options)) {
+      : comm_(std::move(comm)), backend_(std::move(backend)), params_(std::move(params)) {
     agree([&] {
-      validate(options_);
+      driver_.emplace(backend_, options);
       validate_table(params_);
       if (zero.bucket_elements < 1) throw InvalidArgument("ZeroOptions.bucket_elements must be >= 1");
       check_same_stream();
@@ -76,7 +79,7 @@ class ZeroOptimizer {
     agree([&] {
       std::vector<TensorInfo> infos;
       for (const Parameter& p : params_) infos.push_back({p.name, p.value.shape, route(p)});
-      plan_ = plan_zero1(infos, comm_.size(), {options_.muon.ns.steps, zero.bucket_elements});
+      plan_ = plan_zero1(infos, comm_.size(), {driver_->options().muon.ns.steps, zero.bucket_elements});
       build_shards();
     });
   }
@@ -100,14 +103,15 @@ class ZeroOptimizer {
     }
     const GradientCheck check = check_owned_gradients();
 
-    const StepReport report = begin_step(check, options_, step_, skipped_,
-                                         ", on every rank (the NaN or Inf may be in any rank's gradient)");
+    const StepReport report =
+        driver_->begin_step(check, ", on every rank (the NaN or Inf may be in any rank's gradient)");
     if (report.skipped) return report;
 
+    driver_->upload();
     std::vector<typename C::Request> gathers;
     for (std::size_t b = 0; b < plan_.buckets.size(); ++b) {
       if (owners_[b]) {
-        (void)owners_[b]->step(check);
+        owners_[b]->apply(driver_->values());
         pack_owned_values(b);
       }
       const Bucket& bucket = plan_.buckets[b];
@@ -122,9 +126,9 @@ class ZeroOptimizer {
     return report;
   }
 
-  [[nodiscard]] std::int64_t step_count() const { return step_; }
-  [[nodiscard]] std::int64_t skipped_steps() const { return skipped_; }
-  [[nodiscard]] const Options& options() const { return options_; }
+  [[nodiscard]] std::int64_t step_count() const { return driver_->step_count(); }
+  [[nodiscard]] std::int64_t skipped_steps() const { return driver_->skipped_steps(); }
+  [[nodiscard]] const Options& options() const { return driver_->options(); }
   // Collective. New hyper-parameters from the next step on (a resumed run with a longer schedule,
   // say); the state is kept. Options that are invalid, or differ between ranks, throw on every
   // rank and change nothing. (The plan was balanced for the old Newton–Schulz step count.)
@@ -133,8 +137,8 @@ class ZeroOptimizer {
     const std::int64_t mine[] = {hash(to_json(options).dump())};
     if (first_difference(mine)) throw InvalidArgument("set_options: the Options differ between ranks; pass the same on every rank");
     for (auto& o : owners_)
-      if (o) o->set_options(options);
-    options_ = std::move(options);
+      if (o) o->set_rule_options(options.muon, options.adamw);
+    driver_->set_options(std::move(options));
   }
   [[nodiscard]] const Plan& plan() const { return plan_; }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
@@ -155,8 +159,8 @@ class ZeroOptimizer {
     std::map<std::string, std::vector<float>> owned;
     for (auto& o : owners_)
       if (o)
-        for (StateTensor& t : o->export_state().tensors) owned[t.name] = std::move(t.values);
-    SavedState state{step_, skipped_, options_, {}};
+        for (StateTensor& t : o->export_tensors()) owned[t.name] = std::move(t.values);
+    SavedState state{step_count(), skipped_steps(), options(), {}};
     for (std::size_t i = 0; i < params_.size(); ++i)
       for (const char* kind : state_kinds(i)) {
         std::vector<float> full = gather_state(i, kind, owned);
@@ -172,7 +176,8 @@ class ZeroOptimizer {
   // on every rank before anything changes.
   void load(const std::filesystem::path& path) {
     SavedState state;
-    std::vector<std::optional<SavedState>> staged(owners_.size());
+    std::vector<std::vector<StateTensor>> pieces(owners_.size());
+    std::vector<typename Stepper<B>::Staged> staged(owners_.size());
     agree([&] {
       state = read_state_file(path);
       validate(state.options);
@@ -187,7 +192,7 @@ class ZeroOptimizer {
                               "' matches no parameter of this optimizer");
       for (std::size_t b = 0; b < owners_.size(); ++b) {
         if (!owners_[b]) continue;
-        SavedState& s = staged[b].emplace(SavedState{state.step, 0, state.options, {}});
+        std::vector<StateTensor>& s = pieces[b];
         for (const std::size_t k : owned_pieces_[b]) {
           const Piece& piece = plan_.pieces[k];
           const Parameter& p = params_[piece.param];
@@ -200,10 +205,10 @@ class ZeroOptimizer {
               throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' has shape " +
                                   to_string(it->second->shape) + ", the parameter has " + to_string(p.value.shape));
             const auto first = it->second->values.begin() + piece.offset;
-            s.tensors.push_back({piece_name(piece) + "/" + kind, piece_shape(piece), {first, first + piece.size}});
+            s.push_back({piece_name(piece) + "/" + kind, piece_shape(piece), {first, first + piece.size}});
           }
         }
-        (void)owners_[b]->check_state(s, path.string());
+        staged[b] = owners_[b]->check_tensors(s, path.string());
       }
     });
     // A copy per node must be the same file: the step counts and options must agree.
@@ -212,10 +217,11 @@ class ZeroOptimizer {
       throw StateMismatch("optimizer state '" + path.string() +
                           "': the ranks read different step counts or options; every rank must read the same file");
     for (std::size_t b = 0; b < owners_.size(); ++b)
-      if (owners_[b]) owners_[b]->import_state(*staged[b], path.string());
-    options_ = state.options;
-    step_ = state.step;
-    skipped_ = state.skipped_steps;
+      if (owners_[b]) {
+        owners_[b]->import_tensors(staged[b]);
+        owners_[b]->set_rule_options(state.options.muon, state.options.adamw);
+      }
+    driver_->restore(state.step, state.skipped_steps, state.options);
   }
 
  private:
@@ -270,7 +276,7 @@ class ZeroOptimizer {
     std::int64_t table = hash("table");
     for (const Parameter& p : params_) table = hash(std::to_string(hash_parameter(p)), std::bit_cast<std::uint64_t>(table));
     const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table,
-                                 hash(to_json(options_).dump() + "|" + std::to_string(zero.bucket_elements))};
+                                 hash(to_json(options()).dump() + "|" + std::to_string(zero.bucket_elements))};
     const auto differs = first_difference(mine);
     if (!differs) return;
     const std::string where = " (this is rank " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) +
@@ -299,11 +305,7 @@ class ZeroOptimizer {
   }
 
 
-  static std::vector<const char*> state_kinds(Rule rule) {
-    if (rule == Rule::muon) return {"momentum"};
-    return {"exp_avg", "exp_avg_sq"};
-  }
-  std::vector<const char*> state_kinds(std::size_t param) const { return state_kinds(route(params_[param])); }
+  std::vector<const char*> state_kinds(std::size_t param) const { return state_buffer_names(route(params_[param])); }
 
   // The name of a piece in its owner's optimizer: the parameter's, with the expert or the flat range.
   std::string piece_name(const Piece& piece) const {
@@ -341,7 +343,7 @@ class ZeroOptimizer {
                           {shards_[b].span().data() + piece.shard_offset, shape}, piece.rule});
       }
       owners_.emplace_back();
-      if (!pieces.empty()) owners_.back().emplace(std::move(pieces), options_, backend_);
+      if (!pieces.empty()) owners_.back().emplace(backend_, std::move(pieces), options().muon, options().adamw);
     }
   }
 
@@ -445,14 +447,12 @@ class ZeroOptimizer {
   C comm_;
   B backend_;
   std::vector<Parameter> params_;
-  Options options_;
+  std::optional<StepDriver<B>> driver_;  // made inside the constructor's first agreement
   Plan plan_;
   Buffer flat_;
   std::vector<Buffer> shards_;
   std::vector<std::vector<std::size_t>> owned_pieces_;  // per bucket: this rank's pieces
-  std::vector<std::optional<Optimizer<B>>> owners_;     // per bucket: the optimizer over them
-  std::int64_t step_ = 0;
-  std::int64_t skipped_ = 0;
+  std::vector<std::optional<Stepper<B>>> owners_;      // per bucket: the stepper over them
 };
 
 }  // namespace muon::dist

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <muon/backend.hpp>
+#include <cstddef>
 #include <span>
 
 namespace muon::torch {
@@ -55,10 +56,11 @@ class TorchBackend {
     const auto denom = mode == NormEps::add ? norm + double{eps} : norm.clamp_min(double{eps});
     flat.mul_(denom.reciprocal().to(::torch::kFloat));
   }
+  // The step's numbers are read from the step block as 0-dim tensors on the device, when the ops run.
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
     auto M = wrap(m), U = wrap(u);
     const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;  // weight of G in the buffer
-    const auto G = wrap(g) * (s.grad_scale * gain);
+    const auto G = wrap(g) * step_value(s.values, offsetof(StepValues, grad_scale)) * gain;
     M.mul_(s.mu).add_(G);
     if (s.nesterov)
       ::torch::add_out(U, G, M, s.mu);
@@ -67,15 +69,17 @@ class TorchBackend {
   }
   void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s) {
     auto W = wrap(w), M = wrap(m), V = wrap(v);
-    const auto G = s.grad_scale == 1.0f ? wrap(g) : wrap(g) * s.grad_scale;
-    const double t = static_cast<double>(s.step);
-    const double bc1 = 1.0 - std::pow(double{s.beta1}, t);
-    const double bc2_sqrt = std::sqrt(1.0 - std::pow(double{s.beta2}, t));
+    const auto G = wrap(g) * step_value(s.values, offsetof(StepValues, grad_scale));
     // torch.optim.AdamW's single-tensor order.
-    W.mul_(1.0 - double{s.lr} * s.weight_decay);
+    W.mul_(step_value(s.values, offsetof(StepValues, decay)));
     M.lerp_(G, 1.0 - double{s.beta1});
     V.mul_(s.beta2).addcmul_(G, G, 1.0 - double{s.beta2});
-    W.addcdiv_(M, (V.sqrt() / bc2_sqrt).add_(s.eps), -double{s.lr} / bc1);
+    const auto denom = (V.sqrt() / step_value(s.values, offsetof(StepValues, adamw_bc2_sqrt))).add_(s.eps);
+    W.sub_(M / denom * step_value(s.values, offsetof(StepValues, adamw_step_size)));
+  }
+  void update(std::span<float> w, std::span<const float> o, UpdateStep s) {
+    const auto step = step_value(s.values, offsetof(StepValues, lr)) * s.scale;
+    wrap(w).mul_(step_value(s.values, offsetof(StepValues, decay))).sub_(wrap(o) * step);
   }
   [[nodiscard]] double sum_squares(std::span<const float> x) {
     return wrap(x).to(::torch::kDouble).square().sum().item<double>();
@@ -83,6 +87,27 @@ class TorchBackend {
   void to_host(std::span<const float> x, std::span<float> host) { host_tensor(host).copy_(wrap(x)); }
   void from_host(std::span<const float> host, std::span<float> y) {
     wrap(y).copy_(host_tensor({const_cast<float*>(host.data()), host.size()}));
+  }
+  // The step block's copy. It waits (LibTorch's capture is not wired up here), so the host may
+  // refill the staging memory at once.
+  void upload(std::span<const float> host, std::span<float> y) { from_host(host, y); }
+
+  // Host memory for the step block: pinned when the device is a GPU.
+  class HostBuffer {
+   public:
+    HostBuffer() = default;
+    explicit HostBuffer(::torch::Tensor t) : tensor_(std::move(t)) {}
+    [[nodiscard]] std::span<float> span() {
+      return tensor_.defined() ? std::span<float>(tensor_.data_ptr<float>(), static_cast<std::size_t>(tensor_.numel()))
+                               : std::span<float>();
+    }
+
+   private:
+    ::torch::Tensor tensor_;
+  };
+  [[nodiscard]] HostBuffer allocate_host(std::int64_t n) {
+    auto t = ::torch::zeros({n}, ::torch::kFloat);
+    return HostBuffer(device_.is_cuda() ? t.pin_memory() : t);
   }
 
   [[nodiscard]] ::torch::Device device() const { return device_; }
@@ -98,6 +123,11 @@ class TorchBackend {
     return ::torch::from_blob(const_cast<float*>(s.data()), {static_cast<std::int64_t>(s.size())}, options());
   }
   static ::torch::Tensor op(const ::torch::Tensor& t, Transpose tr) { return tr == Transpose::yes ? t.transpose(1, 2) : t; }
+  // The float at byte `offset` of a StepValues entry, as a 0-dim tensor on the device (no copy).
+  [[nodiscard]] ::torch::Tensor step_value(const StepValues* values, std::size_t offset) const {
+    return ::torch::from_blob(const_cast<float*>(reinterpret_cast<const float*>(values) + offset / sizeof(float)), {},
+                              options());
+  }
   static ::torch::Tensor host_tensor(std::span<float> s) {
     return ::torch::from_blob(s.data(), {static_cast<std::int64_t>(s.size())}, ::torch::kFloat);
   }

@@ -3,9 +3,10 @@
 //
 // Each parameter group has a role: "muon" groups run Muon (momentum → Newton–Schulz → update
 // scaled to AdamW's RMS, decoupled decay), "adamw" groups run AdamW. moonlight_param_groups()
-// builds the two groups from a module by Moonlight's policy. The math is the core's
-// (muon::Optimizer over TorchBackend), one core optimizer per group, so each group keeps its
-// own options as LibTorch users expect (LR schedulers set them through get_lr/set_lr).
+// builds the two groups from a module by Moonlight's policy. The math is the core's: one
+// StepDriver over one Stepper per group (TorchBackend), so each group keeps its own options as
+// LibTorch users expect (LR schedulers set them through get_lr/set_lr), and a step has one
+// gradient check, one clipping decision and one step count, whatever the number of groups.
 //
 //   auto opt = muon::torch::Muon(muon::torch::moonlight_param_groups(*model, muon::torch::MuonOptions(4.2e-4)));
 //   loss.backward(); opt.step();
@@ -15,6 +16,8 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <muon/options_json.hpp>
+#include <optional>
 #include <muon/muon.hpp>
 #include <string>
 #include <tuple>
@@ -25,56 +28,62 @@
 
 namespace muon::torch {
 
+// A group's options: the core's muon::Options (every field, by the core's names and schema) and
+// the group's role. lr and weight_decay also have LibTorch's fluent accessors, which LR
+// schedulers use; the other fields are set through core():
+//   MuonOptions(4.2e-4).weight_decay(0.1);  o.core().muon.ns.steps = 6;
+// The step-level fields of the constructor's defaults (schedule, max_grad_norm, on_non_finite)
+// apply to the whole optimizer; a group's own copies of them are not read.
 struct MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions> {
-  MuonOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit, like LibTorch's own options
-  TORCH_ARG(double, lr) = 1e-3;
-  TORCH_ARG(double, weight_decay) = 0.1;
-  TORCH_ARG(muon::Rule, role) = muon::Rule::muon;
-  // Muon
-  TORCH_ARG(double, momentum) = 0.95;
-  TORCH_ARG(muon::MomentumForm, momentum_form) = muon::MomentumForm::sum;
-  TORCH_ARG(bool, nesterov) = true;
-  TORCH_ARG(muon::ScaleMode, scale) = muon::ScaleMode::match_adamw_rms;
-  TORCH_ARG(muon::NsSchedule, ns_schedule) = muon::keller_quintic();
-  TORCH_ARG(std::int64_t, ns_steps) = 5;
-  TORCH_ARG(double, ns_eps) = 1e-7;
-  TORCH_ARG(muon::NormEps, ns_eps_mode) = muon::NormEps::add;
-  // AdamW
-  typedef std::tuple<double, double> betas_t;
-  TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.95);
-  TORCH_ARG(double, eps) = 1e-8;
+  MuonOptions(double lr = 1e-3) { core_.lr = lr; }  // NOLINT: implicit, like LibTorch's own options
+  explicit MuonOptions(muon::Options core, muon::Rule role = muon::Rule::muon) : core_(std::move(core)), role_(role) {}
 
- public:
-  // The core's options for this group.
-  [[nodiscard]] muon::Options core() const {
-    muon::Options o{.lr = lr(), .weight_decay = weight_decay()};
-    o.muon = {static_cast<float>(momentum()), momentum_form(), nesterov(), scale(),
-              muon::NsOptions{.schedule = ns_schedule(), .steps = static_cast<int>(ns_steps()),
-                              .eps = static_cast<float>(ns_eps()), .eps_mode = ns_eps_mode()}};
-    o.adamw = {static_cast<float>(std::get<0>(betas())), static_cast<float>(std::get<1>(betas())),
-               static_cast<float>(eps())};
-    return o;
+  [[nodiscard]] muon::Options& core() { return core_; }
+  [[nodiscard]] const muon::Options& core() const { return core_; }
+  [[nodiscard]] double lr() const { return core_.lr; }
+  MuonOptions& lr(double value) {
+    core_.lr = value;
+    return *this;
   }
-  // All fields as the core's JSON, so a custom schedule survives a save and load.
+  [[nodiscard]] double weight_decay() const { return core_.weight_decay; }
+  MuonOptions& weight_decay(double value) {
+    core_.weight_decay = value;
+    return *this;
+  }
+  [[nodiscard]] muon::Rule role() const { return role_; }
+  MuonOptions& role(muon::Rule value) {
+    role_ = value;
+    return *this;
+  }
+
+  // Every field through the core's options schema, so nothing a group sets is lost.
   void serialize(::torch::serialize::OutputArchive& archive) const override {
-    nlohmann::json j = to_json(core());
-    j["role"] = role() == muon::Rule::muon ? "muon" : "adamw";
+    nlohmann::json j = to_json(core_);
+    j["role"] = role_ == muon::Rule::muon ? "muon" : "adamw";
     archive.write("muon_options", c10::IValue(j.dump()));
   }
   void serialize(::torch::serialize::InputArchive& archive) override {
     c10::IValue text;
     archive.read("muon_options", text);
-    const auto j = nlohmann::json::parse(text.toStringRef());
-    const muon::Options o = options_from_json(j);
-    lr(o.lr).weight_decay(o.weight_decay).role(j.at("role") == "muon" ? muon::Rule::muon : muon::Rule::adamw);
-    momentum(o.muon.momentum).momentum_form(o.muon.momentum_form).nesterov(o.muon.nesterov).scale(o.muon.scale);
-    ns_schedule(o.muon.ns.schedule).ns_steps(o.muon.ns.steps).ns_eps(o.muon.ns.eps).ns_eps_mode(o.muon.ns.eps_mode);
-    betas({o.adamw.beta1, o.adamw.beta2}).eps(o.adamw.eps);
+    nlohmann::json j = nlohmann::json::parse(text.toStringRef());
+    const std::string role = j.value("role", "");
+    if (role != "muon" && role != "adamw")
+      throw muon::StateMismatch("group options: role '" + role + "' is not \"muon\" or \"adamw\"");
+    j.erase("role");
+    core_ = options_from_json(j);
+    role_ = role == "muon" ? muon::Rule::muon : muon::Rule::adamw;
   }
-  double get_lr() const override { return lr(); }
-  void set_lr(const double value) override { lr(value); }
+  double get_lr() const override { return core_.lr; }
+  void set_lr(const double value) override { core_.lr = value; }
+
+ private:
+  muon::Options core_{};
+  muon::Rule role_ = muon::Rule::muon;
 };
 
+// The optimizer: one StepDriver (the step counter, the guard, clipping and the schedule, from
+// the constructor's defaults) over one Stepper per parameter group; group i reads entry i of the
+// step block, with its own lr, weight decay and rule options.
 class Muon : public ::torch::optim::Optimizer {
  public:
   explicit Muon(std::vector<::torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {})
@@ -82,8 +91,9 @@ class Muon : public ::torch::optim::Optimizer {
   explicit Muon(std::vector<::torch::Tensor> params, MuonOptions defaults = {})
       : Muon({::torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
-  // One step of every group. Gradients are checked in all groups before any group changes, so a
-  // NaN or Inf anywhere throws muon::NonFiniteGradient (naming the parameter) and changes nothing.
+  // One step of every group. Gradients are checked in all groups before any group changes: a
+  // NaN or Inf anywhere throws muon::NonFiniteGradient (naming the parameter) and changes
+  // nothing, or skips the step when the defaults say OnNonFinite::skip.
   ::torch::Tensor step(LossClosure closure = nullptr) override {
     ::torch::NoGradGuard no_grad;
     ::torch::Tensor loss;
@@ -91,40 +101,44 @@ class Muon : public ::torch::optim::Optimizer {
       at::AutoGradMode enable_grad(true);
       loss = closure();
     }
-    sync_cores();
-    std::vector<muon::GradientCheck> checks(cores_.size());
-    for (std::size_t i = 0; i < cores_.size(); ++i)
-      if (cores_[i]) {
-        checks[i] = cores_[i]->check_gradients();
-        if (checks[i].non_finite)
-          throw muon::NonFiniteGradient(*checks[i].non_finite, "gradient of parameter '" + *checks[i].non_finite +
-                                                                   "' holds NaN or Inf; the step was rejected and nothing changed");
-      }
-    for (std::size_t i = 0; i < cores_.size(); ++i)
-      if (cores_[i]) (void)cores_[i]->step(checks[i]);
+    sync_steppers();
+    if (!driver_) return loss;
+    muon::GradientCheck check;
+    std::vector<muon::GroupRates> rates;
+    for (std::size_t i = 0; i < steppers_.size(); ++i) {
+      if (steppers_[i]) check.add(steppers_[i]->check_gradients());
+      const muon::Options& o = group_options(i).core();
+      rates.push_back({o.lr, o.weight_decay, o.adamw});
+    }
+    if (driver_->begin_step(check, rates).skipped) return loss;
+    driver_->upload();
+    for (auto& stepper : steppers_)
+      if (stepper) stepper->apply(driver_->values());
     return loss;
   }
 
-  // Writes, per group, its options and the core's whole state, keyed by position (group i,
-  // parameter j) like LibTorch's own archives.
+  // Completed and skipped steps (one count for all groups).
+  [[nodiscard]] std::int64_t step_count() const { return driver_ ? driver_->step_count() : 0; }
+  [[nodiscard]] std::int64_t skipped_steps() const { return driver_ ? driver_->skipped_steps() : 0; }
+
+  // Writes the step counts and, per group, its options and its stepper's whole state, keyed by
+  // position (group i, parameter j) like LibTorch's own archives.
   void save(::torch::serialize::OutputArchive& archive) const override {
     archive.write("muon_format", c10::IValue(std::string(kFormat)));
     archive.write("groups", c10::IValue(static_cast<std::int64_t>(param_groups_.size())));
+    archive.write("step", c10::IValue(step_count()));
+    archive.write("skipped_steps", c10::IValue(skipped_steps()));
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
       ::torch::serialize::OutputArchive group(archive.compilation_unit());
       ::torch::serialize::OutputArchive options(archive.compilation_unit());
       param_groups_[i].options().serialize(options);
       group.write("options", options);
-      // A group with no core yet (no step since it was added) has no state to save.
-      Core* core = i < cores_.size() ? cores_[i].get() : nullptr;
-      group.write("has_state", c10::IValue(core != nullptr));
-      if (core) {
-        const SavedState state = core->export_state();
-        group.write("step", c10::IValue(state.step));
-        group.write("skipped_steps", c10::IValue(state.skipped_steps));
-        for (const StateTensor& t : state.tensors)
+      // A group with no stepper yet (no step since it was added) has no state to save.
+      Stepper* stepper = i < steppers_.size() ? steppers_[i].get() : nullptr;
+      group.write("has_state", c10::IValue(stepper != nullptr));
+      if (stepper)
+        for (const StateTensor& t : stepper->export_tensors())
           group.write(t.name, ::torch::from_blob(const_cast<float*>(t.values.data()), t.shape, ::torch::kFloat).clone());
-      }
       archive.write("group_" + std::to_string(i), group);
     }
   }
@@ -132,7 +146,7 @@ class Muon : public ::torch::optim::Optimizer {
   // Restores what `save` wrote into an optimizer over the same parameters (same groups, order,
   // shapes): the group options too, which LibTorch's own load() leaves as constructed.
   void load(::torch::serialize::InputArchive& archive) override {
-    c10::IValue format, groups;
+    c10::IValue format, groups, step, skipped;
     archive.read("muon_format", format);
     if (format.toStringRef() != kFormat)
       throw muon::StateMismatch("archive format '" + format.toStringRef() + "' is not '" + kFormat + "'");
@@ -140,58 +154,58 @@ class Muon : public ::torch::optim::Optimizer {
     if (groups.toInt() != static_cast<std::int64_t>(param_groups_.size()))
       throw muon::StateMismatch("archive has " + std::to_string(groups.toInt()) + " parameter groups, this optimizer " +
                                 std::to_string(param_groups_.size()));
-    sync_cores();
+    archive.read("step", step);
+    archive.read("skipped_steps", skipped);
+    if (step.toInt() < 0 || skipped.toInt() < 0) throw muon::StateMismatch("archive has negative step counts");
+    sync_steppers();
     // Read and check every group first; install nothing until all are good.
-    std::vector<std::pair<MuonOptions, std::optional<SavedState>>> loaded;
+    std::vector<MuonOptions> options(param_groups_.size());
+    std::vector<std::vector<StateTensor>> tensors(param_groups_.size());
+    std::vector<Stepper::Staged> staged(param_groups_.size());
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
-      ::torch::serialize::InputArchive group, options;
+      ::torch::serialize::InputArchive group, group_options;
       archive.read("group_" + std::to_string(i), group);
-      group.read("options", options);
-      MuonOptions o;
-      o.serialize(options);
+      group.read("options", group_options);
+      options[i].serialize(group_options);
       c10::IValue has_state;
       group.read("has_state", has_state);
-      std::optional<SavedState> state;
-      if (has_state.toBool()) {
-        if (!cores_[i]) throw muon::StateMismatch("group " + std::to_string(i) + " has saved state but no parameters here");
-        SavedState s;
-        c10::IValue step, skipped;
-        group.read("step", step);
-        group.read("skipped_steps", skipped);
-        s.step = step.toInt();
-        s.skipped_steps = skipped.toInt();
-        s.options = o.core();
-        for (const std::string& name : cores_[i]->state_names()) {
-          ::torch::Tensor t;
-          if (!group.try_read(name, t))
-            throw muon::StateMismatch("group " + std::to_string(i) + ": tensor '" + name + "' is missing");
-          t = t.to(::torch::kFloat).contiguous();
-          s.tensors.push_back({name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
-        }
-        state = std::move(s);
+      if (!has_state.toBool()) continue;
+      const std::string source = "group " + std::to_string(i);
+      if (!steppers_[i]) throw muon::StateMismatch(source + " has saved state but no parameters here");
+      for (const std::string& name : steppers_[i]->state_names()) {
+        ::torch::Tensor t;
+        if (!group.try_read(name, t)) throw muon::StateMismatch(source + ": tensor '" + name + "' is missing");
+        t = t.to(::torch::kFloat).contiguous();
+        tensors[i].push_back(
+            {name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
       }
-      loaded.emplace_back(std::move(o), std::move(state));
+      staged[i] = steppers_[i]->check_tensors(tensors[i], source);
     }
-    for (std::size_t i = 0; i < loaded.size(); ++i)
-      if (loaded[i].second) cores_[i]->check_state(*loaded[i].second, "group " + std::to_string(i));
-    for (std::size_t i = 0; i < loaded.size(); ++i) {
-      static_cast<MuonOptions&>(param_groups_[i].options()) = loaded[i].first;
-      if (loaded[i].second) cores_[i]->import_state(*loaded[i].second, "group " + std::to_string(i));
+    for (std::size_t i = 0; i < param_groups_.size(); ++i) {
+      static_cast<MuonOptions&>(param_groups_[i].options()) = options[i];
+      if (steppers_[i]) {
+        steppers_[i]->import_tensors(staged[i]);
+        steppers_[i]->set_rule_options(options[i].core().muon, options[i].core().adamw);
+      }
     }
+    if (driver_) driver_->restore(step.toInt(), skipped.toInt(), driver_->options());
   }
 
  private:
-  static constexpr const char* kFormat = "muon.torch.v1";
-  using Core = muon::Optimizer<TorchBackend>;
+  static constexpr const char* kFormat = "muon.torch.v2";
+  using Stepper = muon::Stepper<TorchBackend>;
 
-  // Makes a core optimizer for each group (once) and points it at the current values and
-  // gradients; LibTorch may have reallocated the gradients since the last step.
-  void sync_cores() {
-    cores_.resize(param_groups_.size());
+  [[nodiscard]] const MuonOptions& group_options(std::size_t i) const {
+    return static_cast<const MuonOptions&>(param_groups_[i].options());
+  }
+
+  // Makes the driver (once) and a stepper for each group (once), and points the steppers at the
+  // current values and gradients: LibTorch may have reallocated the gradients since the last step.
+  void sync_steppers() {
+    steppers_.resize(param_groups_.size());
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
-      auto& group = param_groups_[i];
-      const auto& options = static_cast<const MuonOptions&>(group.options());
-      auto& params = group.params();
+      const MuonOptions& options = group_options(i);
+      auto& params = param_groups_[i].params();
       if (params.empty()) continue;
       std::vector<TensorRef<float>> values;
       std::vector<TensorRef<const float>> grads;
@@ -208,20 +222,24 @@ class Muon : public ::torch::optim::Optimizer {
         values.push_back({p.data_ptr<float>(), p.sizes().vec()});
         grads.push_back({p.grad().data_ptr<float>(), p.grad().sizes().vec()});
       }
-      if (!cores_[i]) {
+      const TorchBackend backend(params.front().device());
+      if (!driver_) driver_.emplace(backend, static_cast<const MuonOptions&>(defaults()).core(), param_groups_.size());
+      if (!steppers_[i]) {
         std::vector<muon::Parameter> table;
         for (std::size_t j = 0; j < params.size(); ++j)
           table.push_back({"group" + std::to_string(i) + ".param" + std::to_string(j), muon::Role::matrix, values[j], grads[j],
                            options.role()});
-        cores_[i] = std::make_unique<Core>(std::move(table), options.core(), TorchBackend(params.front().device()));
+        steppers_[i] = std::make_unique<Stepper>(backend, std::move(table), options.core().muon, options.core().adamw, i, i);
       } else {
-        for (std::size_t j = 0; j < params.size(); ++j) cores_[i]->rebind(j, values[j], grads[j]);
-        cores_[i]->set_options(options.core());
+        for (std::size_t j = 0; j < params.size(); ++j) steppers_[i]->rebind(j, values[j], grads[j]);
+        steppers_[i]->set_rule_options(options.core().muon, options.core().adamw);
       }
     }
+    if (driver_ && driver_->entries() != param_groups_.size()) driver_->resize(param_groups_.size());
   }
 
-  std::vector<std::unique_ptr<Core>> cores_;
+  std::optional<muon::StepDriver<TorchBackend>> driver_;
+  std::vector<std::unique_ptr<Stepper>> steppers_;
 };
 
 // Moonlight's routing for a module: parameters of 2 or more dimensions whose names match none of

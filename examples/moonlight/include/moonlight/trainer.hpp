@@ -145,10 +145,13 @@ class Trainer {
     const Weights loaded = Weights::load(checkpoint.dir, run_.model);
     optimizer_.load(checkpoint.dir / "optimizer.safetensors");
     optimizer_.set_options(optimizer_options(run_.training));
+    if (step() != checkpoint.step)
+      throw muon::StateMismatch("checkpoint '" + checkpoint.dir.string() + "' is of step " +
+                                std::to_string(checkpoint.step) + " but its optimizer state has taken " +
+                                std::to_string(step()) + " steps");
     std::ranges::copy(loaded.data(), weights_.data().begin());
-    step_ = checkpoint.step;
     tokens_ = checkpoint.state.at("tokens").get<std::int64_t>();
-    if (rank0()) truncate_metrics_after(step_);
+    if (rank0()) truncate_metrics_after(step());
   }
 
   // Trains up to training.steps, calling on_step after every step (on every rank).
@@ -160,14 +163,14 @@ class Trainer {
       metrics.open(run_dir_ / "metrics.jsonl", std::ios::app);
       if (!metrics) throw muon::FileError("cannot write '" + (run_dir_ / "metrics.jsonl").string() + "'");
     }
-    while (step_ < o.steps) {
+    while (step() < o.steps) {
       StepMetrics m = train_step();
-      const bool last = step_ == o.steps;
-      if (last || (o.eval_every > 0 && step_ % o.eval_every == 0)) {
+      const bool last = step() == o.steps;
+      if (last || (o.eval_every > 0 && step() % o.eval_every == 0)) {
         m.val_loss = evaluate();
         m.expert_load = moe_loads(load_);
       }
-      if (last || (o.checkpoint_every > 0 && step_ % o.checkpoint_every == 0)) save_checkpoint();
+      if (last || (o.checkpoint_every > 0 && step() % o.checkpoint_every == 0)) save_checkpoint();
       if (rank0()) metrics << to_json(m).dump() << '\n' << std::flush;
       on_step(m);
     }
@@ -196,7 +199,7 @@ class Trainer {
     PassResult pass;
     for (std::int64_t a = 0; a < o.grad_accum; ++a) {
       std::vector<std::span<const std::int32_t>> sequences;
-      const std::int64_t first = ((step_ * o.grad_accum + a) * world() + rank()) * o.micro_batch;
+      const std::int64_t first = ((step() * o.grad_accum + a) * world() + rank()) * o.micro_batch;
       for (std::int64_t j = 0; j < o.micro_batch; ++j) sequences.push_back(data_.train(order_.at(first + j)));
       const PassResult r = run_sequences(sequences, &load_);
       pass.loss_sum += r.loss_sum;
@@ -217,13 +220,12 @@ class Trainer {
     const muon::StepReport report = optimizer_.step();
     const auto after_optimizer = std::chrono::steady_clock::now();
     if (o.bias_update_rate > 0.0) update_expert_bias(weights_, run_.model, load_, o.bias_update_rate);
-    ++step_;
     const std::int64_t tokens = tokens_per_step();
     tokens_ += tokens;
 
     const std::chrono::duration<double> total = std::chrono::steady_clock::now() - start;
     const std::chrono::duration<double> in_optimizer = after_optimizer - before_optimizer;
-    StepMetrics m{.step = step_,
+    StepMetrics m{.step = step(),
                   .total_steps = o.steps,
                   .tokens = tokens_,
                   .loss = sums[0],
@@ -237,7 +239,9 @@ class Trainer {
     return m;
   }
 
-  [[nodiscard]] std::int64_t step() const { return step_; }
+  // Steps taken, skipped ones included (a skipped step still consumes its batch): the optimizer's
+  // counts are the one step counter.
+  [[nodiscard]] std::int64_t step() const { return optimizer_.step_count() + optimizer_.skipped_steps(); }
   [[nodiscard]] std::int64_t tokens_per_step() {
     const TrainOptions& o = run_.training;
     return o.micro_batch * o.grad_accum * world() * o.seq_len;
@@ -303,14 +307,14 @@ class Trainer {
 
   void save_checkpoint() {
     std::filesystem::path staging;
-    if (rank0()) staging = begin_checkpoint(run_dir_, step_);
+    if (rank0()) staging = begin_checkpoint(run_dir_, step());
     // Collective: every rank sends its optimizer shards, rank 0 writes the file.
-    optimizer_.save(run_dir_ / "checkpoints" / ("." + checkpoint_name(step_) + ".tmp") / "optimizer.safetensors");
+    optimizer_.save(run_dir_ / "checkpoints" / ("." + checkpoint_name(step()) + ".tmp") / "optimizer.safetensors");
     if (!rank0()) return;
     weights_.save(staging, run_.model);
     std::filesystem::copy_file(tokenizer_file_, staging / "tiktoken.model");
     nlohmann::json run{{"model", run_.model.json}, {"training", to_json(run_.training)}};
-    commit_checkpoint(run_dir_, step_, staging, {{"tokens", tokens_}, {"data", data_identity_}, {"run", std::move(run)}},
+    commit_checkpoint(run_dir_, step(), staging, {{"tokens", tokens_}, {"data", data_identity_}, {"run", std::move(run)}},
                       run_.training.keep_checkpoints);
   }
 
@@ -375,7 +379,6 @@ class Trainer {
   muon::dist::ZeroOptimizer<muon::EigenBackend, C> optimizer_;
   SequenceOrder order_;
   ExpertLoad load_;
-  std::int64_t step_ = 0;
   std::int64_t tokens_ = 0;
 };
 

@@ -1,9 +1,12 @@
-// muon/state_io.hpp: the optimizer state on the host, and its file format.
+// muon/state_file.hpp: the optimizer state's file, opt-in (the core writes no files).
 //
 // One safetensors file: every state buffer as an F32 tensor named "<parameter>/<buffer>"
 // (momentum, exp_avg, exp_avg_sq) with the parameter's shape, and the step counts and options in
 // the metadata. Keyed by parameter name only, so a state written by the single-process optimizer
 // loads into a ZeRO-1 run at any world size and back (dist/zero1.hpp writes the same file).
+//
+//   muon::save_state(opt, "opt.safetensors");   // atomic: temp file, fsync, rename
+//   muon::load_state(opt, "opt.safetensors");   // checked against the table before anything changes
 #pragma once
 
 #include <cstdint>
@@ -15,24 +18,10 @@
 #include "muon/io/safetensors.hpp"
 #include "muon/options.hpp"
 #include "muon/options_json.hpp"
+#include "muon/state.hpp"
 #include "muon/tensor.hpp"
 
 namespace muon {
-
-// One state buffer on the host, named "<parameter>/<buffer>" (momentum, exp_avg, exp_avg_sq).
-struct StateTensor {
-  std::string name;
-  Shape shape;
-  std::vector<float> values;
-};
-
-// Everything an optimizer needs to resume bit-identically.
-struct SavedState {
-  std::int64_t step = 0;
-  std::int64_t skipped_steps = 0;
-  Options options{};
-  std::vector<StateTensor> tensors;
-};
 
 inline constexpr const char* kStateFormat = "muon.optimizer_state.v1";
 
@@ -75,6 +64,19 @@ inline void write_state_file(const std::filesystem::path& path, const SavedState
     state.tensors.push_back({name, info.shape, file.to_float(name)});
   }
   return state;
+}
+
+// Writes an optimizer's state (anything with export_state, such as muon::Optimizer) atomically.
+template <class Optimizer>
+void save_state(Optimizer& optimizer, const std::filesystem::path& path) {
+  write_state_file(path, optimizer.export_state());
+}
+
+// Reads a file written by save_state into an optimizer over the same table (names, shapes,
+// rules); see Optimizer::import_state for the checks.
+template <class Optimizer>
+void load_state(Optimizer& optimizer, const std::filesystem::path& path) {
+  optimizer.import_state(read_state_file(path), path.string());
 }
 
 }  // namespace muon
