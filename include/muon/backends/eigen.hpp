@@ -1,10 +1,10 @@
 // muon/backends/eigen.hpp: the CPU backend, on Eigen 3.4.
 //
-// Models muon::Backend over host memory. Matrix products go to OpenBLAS's cblas_sgemm and
-// cblas_ssyrk when MUON_HAS_OPENBLAS is defined (CMake does so when it finds OpenBLAS): their
-// kernels are chosen at run time for the CPU, so they are fast whatever -march the user compiles
-// with, and SSYRK computes X·Xᵀ in about 0.64× a GEMM's time (docs/performance.md). Without
-// OpenBLAS, Eigen's own GEMM and rank update serve. `gram` fills one triangle and mirrors it.
+// Models muon::Backend over host memory. fp32 matrix products go to cpu/blas.hpp: OpenBLAS's
+// GEMM and SYRK when it is built in, whose SYRK computes X·Xᵀ in about 0.64× a GEMM's time
+// (docs/performance.md), else Eigen's GEMM and rank update. `gram` fills one triangle and mirrors
+// it. Its members differ with MUON_HAS_OPENBLAS and MUON_HAS_ONEDNN, so the class lives in
+// cpu/blas.hpp's configuration-named inline namespace (see there): still `muon::EigenBackend`.
 // The elementwise operations run the loops of cpu/elementwise.hpp, compiled for every x86 level
 // and chosen for this CPU at run time (a backend can be pinned to a level), parallelised with
 // OpenMP where it is enabled.
@@ -13,7 +13,6 @@
 //   muon::EigenBackend portable({.isa = muon::CpuIsa::baseline, .ns_precision = muon::NsPrecision::fp32});
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <new>
@@ -21,14 +20,12 @@
 #include <vector>
 
 #include "muon/backend.hpp"
+#include "muon/cpu/blas.hpp"
 #include "muon/cpu/elementwise.hpp"
 #include "muon/cpu/isa.hpp"
 #include "muon/error.hpp"
 #include "muon/orthogonalize.hpp"
 
-#ifdef MUON_HAS_OPENBLAS
-#include <cblas.h>
-#endif
 #ifdef MUON_HAS_ONEDNN
 #include <memory>
 
@@ -49,6 +46,8 @@ struct EigenOptions {
   // they save; measured in docs/performance.md), else the whole product.
   std::int64_t symmetric_tile_min = 256;
 };
+
+inline namespace MUON_CPU_CONFIG {
 
 class EigenBackend {
  public:
@@ -139,48 +138,19 @@ class EigenBackend {
 #ifdef MUON_HAS_ONEDNN
     if (bf16_) return gemm_bf16(alpha, a, ta, b, tb, beta, c, m, n);
 #endif
-    for (std::int64_t i = 0; i < c.batch; ++i) {
-#ifdef MUON_HAS_OPENBLAS
-      const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
-      cblas_sgemm(CblasRowMajor, blas_op(ta), blas_op(tb), blas_int(m), blas_int(n), blas_int(k), alpha,
-                  a.matrix(i), blas_int(a.cols), b.matrix(i), blas_int(b.cols), beta, c.matrix(i), blas_int(n));
-#else
-      const ConstMap A(a.matrix(i), a.rows, a.cols), B(b.matrix(i), b.rows, b.cols);
-      Map C(c.matrix(i), m, n);
-      if (beta == 0.0f)
-        C.setZero();
-      else if (beta != 1.0f)
-        C *= beta;
-      if (ta == Transpose::no && tb == Transpose::no) C.noalias() += alpha * A * B;
-      if (ta == Transpose::no && tb == Transpose::yes) C.noalias() += alpha * A * B.transpose();
-      if (ta == Transpose::yes && tb == Transpose::no) C.noalias() += alpha * A.transpose() * B;
-      if (ta == Transpose::yes && tb == Transpose::yes) C.noalias() += alpha * A.transpose() * B.transpose();
-#endif
-    }
+    const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
+    for (std::int64_t i = 0; i < c.batch; ++i)
+      cpu::gemm(ta, tb, m, n, k, alpha, a.matrix(i), a.cols, b.matrix(i), b.cols, beta, c.matrix(i), n);
   }
 
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
 #ifdef MUON_HAS_ONEDNN
     if (bf16_) return gram_bf16(alpha, x, side, beta, c);
 #endif
+    const bool rows = side == GramSide::rows;
     for (std::int64_t i = 0; i < c.batch; ++i) {
-#ifdef MUON_HAS_OPENBLAS
-      const bool rows = side == GramSide::rows;
-      cblas_ssyrk(CblasRowMajor, CblasLower, rows ? CblasNoTrans : CblasTrans, blas_int(c.rows),
-                  blas_int(rows ? x.cols : x.rows), alpha, x.matrix(i), blas_int(x.cols), beta, c.matrix(i),
-                  blas_int(c.cols));
-#else
-      const ConstMap X(x.matrix(i), x.rows, x.cols);
-      Map C(c.matrix(i), c.rows, c.cols);
-      if (beta == 0.0f)
-        C.triangularView<Eigen::Lower>().setZero();
-      else
-        C.triangularView<Eigen::Lower>() *= beta;
-      if (side == GramSide::rows)
-        C.selfadjointView<Eigen::Lower>().rankUpdate(X, alpha);
-      else
-        C.selfadjointView<Eigen::Lower>().rankUpdate(X.transpose(), alpha);
-#endif
+      cpu::syrk_lower(rows ? Transpose::no : Transpose::yes, c.rows, rows ? x.cols : x.rows, alpha, x.matrix(i),
+                      x.cols, beta, c.matrix(i), c.cols);
       mirror_lower(c.matrix(i), c.rows);
     }
   }
@@ -264,9 +234,6 @@ class EigenBackend {
   void upload(std::span<const float> host, std::span<float> y) { from_host(host, y); }
 
  private:
-  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Map = Eigen::Map<RowMajor>;
-  using ConstMap = Eigen::Map<const RowMajor>;
   static constexpr std::int64_t kParallelMin = 1 << 16;  // below this, threads cost more than they save
   static constexpr std::int64_t kBlock = 1 << 14;        // elements per OpenMP work item
   static constexpr std::int64_t kSumBlock = 1 << 16;     // sum_squares' fixed blocks
@@ -350,11 +317,9 @@ class EigenBackend {
 #endif
   const cpu::ElementwiseKernels* kernels_;
   std::int64_t tile_min_;
-#ifdef MUON_HAS_OPENBLAS
-  static CBLAS_TRANSPOSE blas_op(Transpose t) { return t == Transpose::yes ? CblasTrans : CblasNoTrans; }
-  static blasint blas_int(std::int64_t v) { return static_cast<blasint>(v); }
-#endif
 };
+
+}  // namespace MUON_CPU_CONFIG
 
 static_assert(Backend<EigenBackend> && LimitsNsBatch<EigenBackend>);
 

@@ -12,7 +12,7 @@
 // sequence-wise balance loss (AuxLoss) adds its gradient through every expert's router score.
 //
 // The code is templated on the scalar: float for training, double for the finite-difference checks
-// of test_backward.cpp. Products go to Eigen.
+// of test_backward.cpp. The linear layers' fp32 products go to muon/cpu/blas.hpp, the rest to Eigen.
 //
 //   std::vector<float> grads(model.weights().data().size(), 0.0f);
 //   float loss = moonlight::loss_and_gradients(model, inputs, targets, grads);
@@ -29,14 +29,11 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef MUON_HAS_OPENBLAS
-#include <cblas.h>
-#endif
-
 #include "moonlight/balancing.hpp"
 #include "moonlight/config.hpp"
 #include "moonlight/model.hpp"
 #include "moonlight/weights.hpp"
+#include "muon/cpu/blas.hpp"
 #include "muon/error.hpp"
 
 namespace moonlight {
@@ -47,10 +44,6 @@ template <class S>
 using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class S>
 using Vec = Eigen::Matrix<S, 1, Eigen::Dynamic>;
-
-#ifdef MUON_HAS_OPENBLAS
-inline blasint blas_int(std::int64_t v) { return static_cast<blasint>(v); }
-#endif
 
 // A weight tensor's value and its gradient slot, as [rows, cols] row-major maps (vectors: 1 row).
 template <class S>
@@ -63,41 +56,34 @@ struct Tensor {
 };
 
 // y = x·Wᵀ; backward: dx = dy·W, dW += dyᵀ·x. These products are most of a training step: in
-// fp32 they go to OpenBLAS, whose kernels are chosen for the CPU at run time (the library itself
-// is compiled for the baseline ISA, where Eigen's products were 1.6× slower than PyTorch's step);
-// fp64, for the finite-difference checks, stays in Eigen.
+// fp32 they go to muon/cpu/blas.hpp, that is to OpenBLAS where muon has it, whose kernels are
+// chosen for the CPU at run time (the library itself is compiled for the baseline ISA, where
+// Eigen's products were 1.6× slower than PyTorch's step); fp64, for the finite-difference checks,
+// stays in Eigen.
 template <class S>
 Mat<S> linear(const Mat<S>& x, const Tensor<S>& W) {
-#ifdef MUON_HAS_OPENBLAS
   if constexpr (std::is_same_v<S, float>) {
     Mat<S> y(x.rows(), W.rows);
-    if (x.rows() > 0) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blas_int(x.rows()), blas_int(W.rows), blas_int(x.cols()), 1.0f,
-                  x.data(), blas_int(x.cols()), W.value, blas_int(W.cols), 0.0f, y.data(), blas_int(W.rows));
-    }
+    muon::cpu::gemm(muon::Transpose::no, muon::Transpose::yes, x.rows(), W.rows, x.cols(), 1.0f, x.data(), x.cols(),
+                    W.value, W.cols, 0.0f, y.data(), W.rows);
     return y;
+  } else {
+    return x * W.w().transpose();
   }
-#endif
-  return x * W.w().transpose();
 }
 template <class S>
 Mat<S> linear_backward(const Mat<S>& x, const Tensor<S>& W, const Mat<S>& dy) {
-#ifdef MUON_HAS_OPENBLAS
   if constexpr (std::is_same_v<S, float>) {
     Mat<S> dx(dy.rows(), W.cols);
-    if (dy.rows() > 0) {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blas_int(W.rows), blas_int(W.cols), blas_int(dy.rows()), 1.0f,
-                  dy.data(), blas_int(W.rows), x.data(), blas_int(W.cols), 1.0f, W.grad, blas_int(W.cols));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blas_int(dy.rows()), blas_int(W.cols), blas_int(W.rows), 1.0f,
-                  dy.data(), blas_int(W.rows), W.value, blas_int(W.cols), 0.0f, dx.data(), blas_int(W.cols));
-    } else {
-      dx.setZero();
-    }
+    muon::cpu::gemm(muon::Transpose::yes, muon::Transpose::no, W.rows, W.cols, dy.rows(), 1.0f, dy.data(), W.rows,
+                    x.data(), W.cols, 1.0f, W.grad, W.cols);
+    muon::cpu::gemm(muon::Transpose::no, muon::Transpose::no, dy.rows(), W.cols, W.rows, 1.0f, dy.data(), W.rows,
+                    W.value, W.cols, 0.0f, dx.data(), W.cols);
     return dx;
+  } else {
+    W.g().noalias() += dy.transpose() * x;
+    return dy * W.w();
   }
-#endif
-  W.g().noalias() += dy.transpose() * x;
-  return dy * W.w();
 }
 
 // RMSNorm over rows: y = w ⊙ x̂ with x̂ = x / sqrt(mean(x²) + eps). Keeps x̂ and 1/rms.

@@ -2,8 +2,8 @@
 //
 // Pre-norm decoder (MOONLIGHT.md §3): embed → per layer h += MLA(RMSNorm(h)), h += FFN(RMSNorm(h))
 // with a dense SwiGLU for the first `first_k_dense_replace` layers and the sigmoid-routed MoE
-// (plus shared experts) after → RMSNorm → lm_head. Matrix products go to OpenBLAS (threaded with
-// OpenMP) when muon was built with it, else to Eigen. Numerics follow transformers'
+// (plus shared experts) after → RMSNorm → lm_head. Matrix products go through muon/cpu/blas.hpp:
+// OpenBLAS (threaded with OpenMP) when muon was built with it, else Eigen. Numerics follow transformers'
 // DeepseekV3ForCausalLM (4.57): RMSNorm in fp32 with kv_a/q_a_layernorm at eps 1e-6, interleaved
 // (consecutive-pair) RoPE, fp32 router with the correction bias used only to choose experts.
 //
@@ -33,11 +33,8 @@
 #include "moonlight/config.hpp"
 #include "moonlight/kv_cache.hpp"
 #include "moonlight/weights.hpp"
+#include "muon/cpu/blas.hpp"
 #include "muon/error.hpp"
-
-#ifdef MUON_HAS_OPENBLAS
-#include <cblas.h>
-#endif
 
 namespace moonlight {
 
@@ -52,18 +49,12 @@ using ConstMap = Eigen::Map<const Matrix>;
 using ConstStridedMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
 
 // y[T, out] = x[T, in] · Wᵀ with W row-major [out, in] (torch's nn.Linear without bias).
+// One token (decode) is a matrix-vector product.
 inline void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, std::int64_t out, float* y) {
-#ifdef MUON_HAS_OPENBLAS
-  const auto i = [](std::int64_t v) { return static_cast<blasint>(v); };
-  if (rows == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, i(out), i(in), 1.0f, w, i(in), x, 1, 0.0f, y, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(rows), i(out), i(in), 1.0f, x, i(in), w, i(in), 0.0f, y,
-                i(out));
-  }
-#else
-  Eigen::Map<Matrix>(y, rows, out).noalias() = ConstMap(x, rows, in) * ConstMap(w, out, in).transpose();
-#endif
+  if (rows == 1)
+    muon::cpu::gemv(out, in, 1.0f, w, in, x, 0.0f, y);
+  else
+    muon::cpu::gemm(muon::Transpose::no, muon::Transpose::yes, rows, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
 }
 
 inline Matrix linear(const Matrix& x, const float* w, std::int64_t out) {
