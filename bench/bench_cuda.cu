@@ -174,7 +174,7 @@ void BM_cuda_step(benchmark::State& state) {
   for (auto _ : state) step();
 }
 
-// Moonlight-16B-A3B matrices (ALGORITHMS.md §2.3) and the 64-expert stacks of one MoE layer.
+// Moonlight-16B-A3B matrices (docs/algorithms.md §2.3) and the 64-expert stacks of one MoE layer.
 void moonlight_shapes(benchmark::internal::Benchmark* b) {
   for (const int bf16 : {1, 0})
     for (const auto& [batch, rows, cols] : std::vector<std::tuple<int, int, int>>{{1, 2048, 2048},

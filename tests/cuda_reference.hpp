@@ -1,6 +1,6 @@
 // tests/cuda_reference.hpp: the Eigen backend behind plain functions, for the CUDA tests.
 //
-// Eigen stays out of nvcc's translation units (CPP-TOOLCHAIN.md §2: Eigen 3.4 under nvcc 13
+// Eigen stays out of nvcc's translation units (Eigen 3.4 under nvcc 13
 // warns by the dozen), so cuda_reference.cpp, compiled by g++, holds every call into it and
 // test_cuda.cu sees only these declarations. All pointers here are host memory.
 #pragma once

@@ -1,5 +1,5 @@
 // tests/moonlight_16b_table.hpp: the trainable tensors of Moonlight-16B-A3B (HF names and
-// shapes, ../shared/reference/MOONLIGHT.md §1, §4) with Moonlight's routing: every 2-D weight
+// shapes, docs/moonlight-architecture.md §1, §4) with Moonlight's routing: every 2-D weight
 // but the embedding and the head on Muon (the router included), norms and the embedding and head
 // on AdamW; e_score_correction_bias is updated by the balance rule and has no optimizer. Shapes
 // only: the ZeRO-1 planner test and bench plan the real model without allocating it.

@@ -122,11 +122,11 @@ TEST_CASE("Moonlight-16B at 8, 16 and 64 ranks: NS max/mean <= 1.05, state per r
   const auto table = muon::test::moonlight_16b_table();
   std::size_t muon_matrices = 0;
   for (const auto& t : table) muon_matrices += t.rule == Rule::muon;
-  CHECK(muon_matrices == 5207);  // ALGORITHMS.md §11.2
+  CHECK(muon_matrices == 5207);  // docs/algorithms.md §11.2
   for (const int world : {8, 16, 64}) {
     CAPTURE(world);
     const Plan plan = plan_zero1(table, world);
-    CHECK(plan.total_elements == 15'960'110'208 - 26 * 64);  // MOONLIGHT.md §2, less the router biases
+    CHECK(plan.total_elements == 15'960'110'208 - 26 * 64);  // docs/moonlight-architecture.md §2, less router biases
     CHECK(plan.ns_imbalance() <= 1.05);
     std::int64_t state = 0, worst = 0;
     for (const auto& r : plan.ranks) {

@@ -3,7 +3,7 @@
 // Iteration k of Newton–Schulz applies the odd quintic p(σ) = aσ + bσ³ + cσ⁵ to every singular
 // value, with (a, b, c) = `triples[k]`; iterations past the end of the list repeat the last
 // triple. `norm_scale` is the s of the normalisation X/(s·‖X‖ + ε) that a schedule was designed
-// for (1.02 for the safety-baked Polar Express). Values and sources: ALGORITHMS.md §3.
+// for (1.02 for the safety-baked Polar Express). Values and sources: docs/algorithms.md §3.
 //
 //   muon::NsOptions ns{.schedule = muon::polar_express(), .steps = 5};
 #pragma once

@@ -16,7 +16,7 @@
 namespace muon {
 
 // How the orthogonalised update is scaled; names say the formula, since the references'
-// names collide (ALGORITHMS.md §4).
+// names collide (docs/algorithms.md §4).
 enum class ScaleMode {
   match_adamw_rms,  // 0.2·√max(rows, cols): update RMS 0.2, like AdamW (Moonlight, the default)
   keller,           // √max(1, rows/cols) (KellerJordan/Muon, torch.optim.Muon "original")

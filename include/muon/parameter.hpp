@@ -32,7 +32,7 @@ struct Parameter {
   std::optional<Rule> rule{};  // overrides the routing policy
 };
 
-// Moonlight's policy (ALGORITHMS.md §7); throws for a Muon parameter Muon cannot take.
+// Moonlight's policy (docs/algorithms.md §7); throws for a Muon parameter Muon cannot take.
 [[nodiscard]] inline Rule route(const Parameter& p) {
   const Rule rule = p.rule.value_or(p.role == Role::matrix ? Rule::muon : Rule::adamw);
   const std::size_t ndim = p.value.shape.size();

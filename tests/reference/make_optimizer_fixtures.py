@@ -256,7 +256,7 @@ def torch_muon_run(w0, grads, adjust_lr_fn, use_float64):
 
 
 # ----------------------------------------------------------------------------
-# Independent formula-level Muon (ALGORITHMS.md section 1), float64, used only
+# Independent formula-level Muon (docs/algorithms.md section 1), float64, used only
 # by the self-checks.
 # ----------------------------------------------------------------------------
 def formula_muon_f64(w0, grads, momentum_form, eps_mode, scale_mode):

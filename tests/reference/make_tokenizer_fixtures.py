@@ -1,7 +1,7 @@
 """Writes tests/reference/fixtures/moonlight/tokenizer.json: tiktoken's answers for the C++ tokenizer.
 
 The reference is the real `tiktoken` package (pinned in requirements.txt) with Moonlight's exact
-pat_str and special-token table (MOONLIGHT.md section 7) over the committed rank file
+pat_str and special-token table (docs/moonlight-architecture.md section 7) over the committed rank file
 examples/moonlight/tokenizer/fortunes.tiktoken. Each text is `text`, or for long ones `parts`,
 a list of [unit, repeat] to concatenate. For each text the fixture records:
 
@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RANK_FILE = "examples/moonlight/tokenizer/fortunes.tiktoken"
 OUT = ROOT / "tests/reference/fixtures/moonlight/tokenizer.json"
 
-# MOONLIGHT.md 7.2, character for character (tokenization_moonshot.py).
+# docs/moonlight-architecture.md §7.2, character for character (tokenization_moonshot.py).
 PAT_STR = "|".join(
     [
         r"""[\p{Han}]+""",
@@ -46,7 +46,7 @@ PAT_STR = "|".join(
     ]
 )
 
-# MOONLIGHT.md 7.4: the Instruct chat template for string contents, as one line with `-` trimming.
+# docs/moonlight-architecture.md §7.4: the Instruct chat template for string contents, as one line with `-` trimming.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if loop.first and messages[0]['role'] != 'system' -%}"
@@ -62,7 +62,7 @@ CHAT_TEMPLATE = (
 
 
 def moonlight_specials(num_ranks):
-    """MOONLIGHT.md 7.3 placed after the last rank; other ids <|reserved_token_{id}|>."""
+    """docs/moonlight-architecture.md §7.3 placed after the last rank; other ids <|reserved_token_{id}|>."""
     named = {0: "[BOS]", 1: "[EOS]", 2: "<|im_end|>", 3: "<|im_user|>", 4: "<|im_assistant|>",
              10: "<|im_system|>", 17: "<|im_middle|>", 254: "[PAD]", 255: "[UNK]"}
     return {named.get(k, f"<|reserved_token_{num_ranks + k}|>"): num_ranks + k for k in range(256)}
@@ -170,7 +170,7 @@ def main():
                       "rendered": rendered, "ids": enc.encode(rendered, allowed_special="all")})
     readme = ("<|im_system|>system<|im_middle|>You are a helpful assistant provided by Moonshot-AI.<|im_end|>"
               "<|im_user|>user<|im_middle|>Is 123 a prime?<|im_end|><|im_assistant|>assistant<|im_middle|>")
-    assert chats[0]["rendered"] == readme, "template disagrees with the README rendering (MOONLIGHT.md 7.4)"
+    assert chats[0]["rendered"] == readme, "template disagrees with the README rendering (docs/moonlight-architecture.md §7.4)"
 
     fixture = {
         "reference": f"tiktoken {tiktoken.__version__}, jinja2 {jinja2.__version__}",

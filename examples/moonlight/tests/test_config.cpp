@@ -61,7 +61,7 @@ TEST_CASE("the real Moonlight-16B-A3B-Instruct config.json loads unchanged") {
   CHECK(c.json == moonlight_json());  // kept whole, so a save writes every field back
 }
 
-TEST_CASE("the Moonlight layout has the published tensor and parameter counts (MOONLIGHT.md §2)") {
+TEST_CASE("the Moonlight layout has the published tensor and parameter counts (docs/moonlight-architecture.md §2)") {
   const Config c = Config::from_json(moonlight_json());
   const std::vector<moonlight::TensorSpec> layout = moonlight::tensor_layout(c);
   CHECK(layout.size() == 5317);

@@ -119,7 +119,7 @@ TEST_CASE("the KV cache holds kv_lora_rank + qk_rope_head_dim floats per token a
   CHECK(cache.length() == 2);
   CHECK(cache.bytes() == 2 * formula);
   CHECK_THROWS_AS(cache.truncate(3), muon::InvalidArgument);
-  // Moonlight-16B-A3B: 27 × (512 + 64) × 4 bytes = 62,208 (MOONLIGHT.md §8, fp32 row).
+  // Moonlight-16B-A3B: 27 × (512 + 64) × 4 bytes = 62,208 (docs/moonlight-architecture.md §8, fp32 row).
   const auto moonlight = moonlight::Config::load(fixture("moonlight_16b_a3b_instruct_config.json"));
   CHECK(KvCache(moonlight).bytes_per_token() == 62'208);
 }

@@ -210,7 +210,7 @@ TEST_CASE("the chat template renders like jinja2 and encodes like tiktoken") {
     CHECK_MESSAGE(rendered == chat["rendered"].get<std::string>(), chat["name"]);
     CHECK_MESSAGE(tok.encode_with_special(rendered) == chat["ids"].get<Ids>(), chat["name"]);
   }
-  // MOONLIGHT.md §11: one user turn with the default system prompt.
+  // docs/moonlight-architecture.md §10: one user turn with the default system prompt.
   const moonlight::ChatMessage turn{"user", "{text}"};
   CHECK(moonlight::apply_chat_template({&turn, 1}, true) ==
         "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|><|im_user|>user<|im_middle|>"

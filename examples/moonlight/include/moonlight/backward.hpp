@@ -7,7 +7,7 @@
 // Gradients are *added* to the buffer (gradient accumulation over micro-batches: zero it before
 // the first one and scale the loss as you average). The MoE router is differentiated through the
 // selected experts' normalised sigmoid weights × routed_scaling_factor into the router logits; the
-// top-k selection itself and e_score_correction_bias get no gradient (MOONLIGHT.md §6: the bias is
+// top-k selection itself and e_score_correction_bias get no gradient (docs/moonlight-architecture.md §6: the bias is
 // moved by the load-balancing rule instead), as in transformers' DeepseekV3. DeepSeek-V3's optional
 // sequence-wise balance loss (AuxLoss) adds its gradient through every expert's router score.
 //
@@ -413,7 +413,7 @@ struct Moe {
            (static_cast<S>(c->num_experts_per_tok) * static_cast<S>(T));
   }
 
-  // L_Bal = Σ_i f_i·P_i with P_i = mean_t s_{t,i} / Σ_j s_{t,j} over all experts (MOONLIGHT.md §6).
+  // L_Bal = Σ_i f_i·P_i with P_i = mean_t s_{t,i} / Σ_j s_{t,j} over all experts (docs/moonlight-architecture.md §6).
   S balance_loss() const {
     const std::int64_t T = x.rows();
     S total = 0;
@@ -474,7 +474,7 @@ struct Moe {
 
 }  // namespace train
 
-// The optional sequence-wise balance loss of DeepSeek-V3 (MOONLIGHT.md §6): α·Σ_layers L_Bal is
+// The optional sequence-wise balance loss of DeepSeek-V3 (docs/moonlight-architecture.md §6): α·Σ_layers L_Bal is
 // added to the objective (its value also to *value when given). α = 0 leaves the pass unchanged.
 struct AuxLoss {
   double alpha = 0.0;

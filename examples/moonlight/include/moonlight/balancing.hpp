@@ -1,4 +1,4 @@
-// moonlight/balancing.hpp: Moonlight's auxiliary-loss-free load balancing (MOONLIGHT.md §6).
+// moonlight/balancing.hpp: Moonlight's auxiliary-loss-free load balancing (docs/moonlight-architecture.md §6).
 //
 // After each optimizer step, every MoE layer's e_score_correction_bias moves by
 //   b_i ← b_i + u·(sign(e_i) − mean_j sign(e_j)),   e_i = mean_j c_j − c_i,

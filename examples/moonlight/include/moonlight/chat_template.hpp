@@ -1,4 +1,4 @@
-// moonlight/chat_template.hpp: the Moonlight Instruct chat template (MOONLIGHT.md §7.4).
+// moonlight/chat_template.hpp: the Moonlight Instruct chat template (docs/moonlight-architecture.md §7.4).
 //
 // Renders what the `chat_template` of Moonlight-16B-A3B-Instruct's tokenizer_config.json renders
 // (a Jinja template with `-` trimming, so no newlines anywhere): for each message, its role

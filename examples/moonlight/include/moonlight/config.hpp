@@ -67,7 +67,7 @@ struct Config {
   nlohmann::json json;  // the file as read, so that save writes back every field
 
   // kv_a_layernorm and q_a_layernorm are built without an eps in transformers and DeepSeek's
-  // remote code, so they use DeepseekV3RMSNorm's default, not rms_norm_eps (MOONLIGHT.md §3.2).
+  // remote code, so they use DeepseekV3RMSNorm's default, not rms_norm_eps (docs/moonlight-architecture.md §3.2).
   static constexpr double latent_norm_eps = 1e-6;
 
   [[nodiscard]] std::int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

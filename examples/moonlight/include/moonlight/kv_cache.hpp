@@ -3,7 +3,7 @@
 // Multi-head latent attention needs, per past token and layer, only the normalised latent
 // c (kv_lora_rank values) and the rotated shared rope key k_pe (qk_rope_head_dim values): the
 // per-head keys and values are linear in c, so attention can run against c directly
-// (MOONLIGHT.md §8). For Moonlight that is 512 + 64 = 576 floats per token and layer, 8.9×
+// (docs/moonlight-architecture.md §8). For Moonlight that is 512 + 64 = 576 floats per token and layer, 8.9×
 // less than caching the decompressed K and V of 16 heads.
 //
 //   moonlight::KvCache cache(config);

@@ -1,13 +1,13 @@
 // moonlight/model.hpp: the DeepseekV3 / Moonlight forward pass in fp32 on the CPU.
 //
-// Pre-norm decoder (MOONLIGHT.md §3): embed → per layer h += MLA(RMSNorm(h)), h += FFN(RMSNorm(h))
+// Pre-norm decoder (docs/moonlight-architecture.md §3): embed → per layer h += MLA(RMSNorm(h)), h += FFN(RMSNorm(h))
 // with a dense SwiGLU for the first `first_k_dense_replace` layers and the sigmoid-routed MoE
 // (plus shared experts) after → RMSNorm → lm_head. Matrix products go through muon/cpu/blas.hpp:
 // OpenBLAS (threaded with OpenMP) when muon was built with it, else Eigen. Numerics follow transformers'
 // DeepseekV3ForCausalLM (4.57): RMSNorm in fp32 with kv_a/q_a_layernorm at eps 1e-6, interleaved
 // (consecutive-pair) RoPE, fp32 router with the correction bias used only to choose experts.
 //
-// Attention runs on the latent KV cache in one of two equivalent ways (MOONLIGHT.md §8):
+// Attention runs on the latent KV cache in one of two equivalent ways (docs/moonlight-architecture.md §8):
 // `decompressed` up-projects every cached latent to per-head keys and values (cheap for many
 // queries: prefill, training); `absorbed` folds kv_b_proj into the query and the output and
 // attends over the 576-wide latents directly (cheap for one query: decode). `automatic` picks
@@ -207,7 +207,7 @@ inline void Model::bind() {
 // Interleaved RoPE: the pair (v[2i], v[2i+1]) rotates by position·inv_freq_i. transformers'
 // apply_rotary_pos_emb_interleave de-interleaves first and rotates halves, which permutes q and k
 // alike, so every q·k is the same; rotating NeoX halves of these weights instead is the silent
-// bug of MOONLIGHT.md §3.4.
+// bug of docs/moonlight-architecture.md §3.4.
 inline void Model::rope(float* v, std::int64_t position) const {
   for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
     const float angle = static_cast<float>(position) * inv_freq_[i];  // fp32 product, as transformers

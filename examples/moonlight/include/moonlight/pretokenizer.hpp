@@ -2,7 +2,7 @@
 //
 // Before byte-pair merging, tiktoken cuts text into pieces with a regex (`pat_str`); merges never
 // cross a piece boundary. `Pretokenizer` reproduces the cuts that tiktoken makes with Moonlight's
-// pattern (MOONLIGHT.md §7.2), byte for byte, on any valid UTF-8 text.
+// pattern (docs/moonlight-architecture.md §7.2), byte for byte, on any valid UTF-8 text.
 //
 //   moonlight::Pretokenizer pre;
 //   for (std::string_view piece : pre.split("Hello world")) ...   // "Hello", " world"

@@ -1,7 +1,7 @@
 // moonlight/tokenizer.hpp: Moonlight's tiktoken tokenizer: rank file, regex, special tokens.
 //
 // Encodes and decodes exactly as the Python `tiktoken` package does with Moonlight's `pat_str`
-// and special tokens (MOONLIGHT.md §7), on any rank file: the real `tiktoken.model` of a Hugging
+// and special tokens (docs/moonlight-architecture.md §7), on any rank file: the real `tiktoken.model` of a Hugging
 // Face Moonlight repository, or one trained with moonlight/bpe_trainer.hpp.
 //
 //   auto tok = moonlight::Tokenizer::load_dir("Moonlight-16B-A3B-Instruct");
@@ -57,7 +57,7 @@ struct SpecialTokens {
   std::string bos;
   std::string eos;
 
-  // Moonlight's table (MOONLIGHT.md §7.3) placed after `num_ranks` ordinary tokens: 256 ids,
+  // Moonlight's table (docs/moonlight-architecture.md §7.3) placed after `num_ranks` ordinary tokens: 256 ids,
   // [BOS] at num_ranks, [EOS] +1, <|im_end|> +2, <|im_user|> +3, <|im_assistant|> +4,
   // <|im_system|> +10, <|im_middle|> +17, [PAD] +254, [UNK] +255, and every other id named
   // <|reserved_token_{id}|> as Moonlight's tokenizer names it. With the real 163,584 ranks this

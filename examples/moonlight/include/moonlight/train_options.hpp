@@ -3,7 +3,7 @@
 //
 // A run config is {"model": <a Hugging Face DeepseekV3 config.json>, "training": {...}}; every
 // training field is optional (defaults below) and an unknown one is an error, so a typo never
-// silently trains with a default. The optimizer follows Moonlight (MOONLIGHT.md §10): Muon on
+// silently trains with a default. The optimizer follows Moonlight (docs/moonlight-architecture.md §9): Muon on
 // every matrix with the update scaled to AdamW's RMS, AdamW (0.9, 0.95, 1e-8) on embeddings, the LM
 // head and norms, one lr and one weight decay for both; "adamw" trains everything with AdamW.
 //

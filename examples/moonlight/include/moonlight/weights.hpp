@@ -74,7 +74,7 @@ inline std::vector<TensorSpec> tensor_layout(const Config& c) {
     add(p + "post_attention_layernorm.weight", {c.hidden_size}, muon::Role::norm);
     if (c.is_moe_layer(l)) {
       add(p + "mlp.gate.weight", {c.n_routed_experts, c.hidden_size}, muon::Role::matrix);
-      // Updated by the aux-loss-free balancing rule, not by gradients (MOONLIGHT.md §6).
+      // Updated by the aux-loss-free balancing rule, not by gradients (docs/moonlight-architecture.md §6).
       add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, muon::Role::bias);
       for (std::int64_t e = 0; e < c.n_routed_experts; ++e) {
         add_mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
