@@ -4,6 +4,7 @@
 // of a noisy machine.
 #include <cstdint>
 #include <muon/backends/eigen.hpp>
+#include <muon/step_driver.hpp>
 
 #include "bandwidth.hpp"
 
@@ -17,8 +18,8 @@ int muon_bench_adamw(float* w, const float* g, float* m, float* v, std::int64_t 
   if (!muon::cpu_supports(level)) return 1;
   const auto size = static_cast<std::size_t>(n);
   muon::EigenBackend backend({.isa = level, .ns_precision = muon::NsPrecision::fp32});
-  backend.adamw({w, size}, {g, size}, {m, size}, {v, size},
-                {.lr = lr, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = weight_decay, .step = step});
+  const muon::StepValues values = muon::step_values({.lr = lr, .weight_decay = weight_decay}, 1.0, 1.0, step);
+  backend.adamw({w, size}, {g, size}, {m, size}, {v, size}, {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .values = &values});
   return 0;
 }
 

@@ -28,17 +28,17 @@ namespace {
 template <class F>
 void run_timed(benchmark::State& state, cudaStream_t stream, F&& work) {
   cudaEvent_t start = nullptr, stop = nullptr;
-  MUON_CUDA_CHECK(cudaEventCreate(&start));
-  MUON_CUDA_CHECK(cudaEventCreate(&stop));
+  muon::cuda_check(cudaEventCreate(&start));
+  muon::cuda_check(cudaEventCreate(&stop));
   work();  // warm-up: cuBLAS heuristics, scratch growth
-  MUON_CUDA_CHECK(cudaStreamSynchronize(stream));
+  muon::cuda_check(cudaStreamSynchronize(stream));
   for (auto _ : state) {
-    MUON_CUDA_CHECK(cudaEventRecord(start, stream));
+    muon::cuda_check(cudaEventRecord(start, stream));
     work();
-    MUON_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MUON_CUDA_CHECK(cudaEventSynchronize(stop));
+    muon::cuda_check(cudaEventRecord(stop, stream));
+    muon::cuda_check(cudaEventSynchronize(stop));
     float ms = 0.0f;
-    MUON_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    muon::cuda_check(cudaEventElapsedTime(&ms, start, stop));
     state.SetIterationTime(ms / 1e3);
   }
   cudaEventDestroy(start);
@@ -80,15 +80,15 @@ void BM_cuda_gemm_bf16(benchmark::State& state) {
   muon::CudaBackend gpu;
   __nv_bfloat16 *a = nullptr, *b = nullptr, *c = nullptr;
   const std::size_t bytes = std::size_t(n) * n * sizeof(__nv_bfloat16);
-  MUON_CUDA_CHECK(cudaMalloc(&a, bytes));
-  MUON_CUDA_CHECK(cudaMalloc(&b, bytes));
-  MUON_CUDA_CHECK(cudaMalloc(&c, bytes));
-  MUON_CUDA_CHECK(cudaMemset(a, 0x3c, bytes));  // 0x3c3c ≈ 0.0115 in bf16: finite, nonzero
-  MUON_CUDA_CHECK(cudaMemset(b, 0x3c, bytes));
-  MUON_CUDA_CHECK(cudaDeviceSynchronize());  // the memsets ran on the legacy stream, the GEMMs do not
+  muon::cuda_check(cudaMalloc(&a, bytes));
+  muon::cuda_check(cudaMalloc(&b, bytes));
+  muon::cuda_check(cudaMalloc(&c, bytes));
+  muon::cuda_check(cudaMemset(a, 0x3c, bytes));  // 0x3c3c ≈ 0.0115 in bf16: finite, nonzero
+  muon::cuda_check(cudaMemset(b, 0x3c, bytes));
+  muon::cuda_check(cudaDeviceSynchronize());  // the memsets ran on the legacy stream, the GEMMs do not
   const float alpha = 1.0f, beta = 0.0f;
   run_timed(state, gpu.stream(), [&] {
-    MUON_CUDA_CHECK(cublasGemmEx(gpu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
+    muon::cuda_check(cublasGemmEx(gpu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
                                  CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   });
   state.counters["TFLOP/s"] =
@@ -124,7 +124,7 @@ void BM_cuda_copy(benchmark::State& state) {
   muon::CudaBackend gpu;
   auto from = gpu.allocate(elements), to = gpu.allocate(elements);
   run_timed(state, gpu.stream(), [&] {
-    MUON_CUDA_CHECK(cudaMemcpyAsync(to.span().data(), from.span().data(), std::size_t(elements) * sizeof(float),
+    muon::cuda_check(cudaMemcpyAsync(to.span().data(), from.span().data(), std::size_t(elements) * sizeof(float),
                                     cudaMemcpyDeviceToDevice, gpu.stream()));
   });
   state.counters["GB/s"] =
@@ -168,7 +168,7 @@ void BM_cuda_step(benchmark::State& state) {
   muon::Optimizer<muon::CudaBackend> opt(table, muon::Options{.lr = 4.2e-4}, gpu);
   const auto step = [&] {
     (void)opt.step(one_sync ? muon::check_gradients_on_device(gpu, opt.parameters()) : opt.check_gradients());
-    MUON_CUDA_CHECK(cudaStreamSynchronize(gpu.stream()));
+    muon::cuda_check(cudaStreamSynchronize(gpu.stream()));
   };
   step();  // warm-up
   for (auto _ : state) step();

@@ -142,7 +142,8 @@ void BM_adamw(benchmark::State& state) {
   auto w = random_values(n, 4), g = random_values(n, 5), m = std::vector<float>(n), v = std::vector<float>(n);
   std::int64_t step = 0;
   for (auto _ : state) {
-    cpu.adamw(w, g, m, v, {.step = ++step});
+    const muon::StepValues values = muon::step_values({}, 1.0, 1.0, ++step);
+    cpu.adamw(w, g, m, v, {.values = &values});
     benchmark::ClobberMemory();
   }
   state.counters["GB/s"] = benchmark::Counter(7.0 * 4.0 * static_cast<double>(n) * 1e-9,

@@ -33,7 +33,7 @@ moonlight::PackedSequences random_tokens(std::int64_t seq_len, std::int64_t sequ
   return {std::move(s), seq_len, 0.0};
 }
 
-void BM_train_step(benchmark::State& state, const std::string& optimizer) {
+void BM_train_step(benchmark::State& state, moonlight::OptimizerSplit optimizer) {
   moonlight::RunConfig run = moonlight::load_run_config(MOONLIGHT_TINY_CONFIG);
   run.training.optimizer = optimizer;
   run.training.steps = 1000000;  // the schedule never ends during the benchmark
@@ -59,7 +59,7 @@ void BM_train_step(benchmark::State& state, const std::string& optimizer) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_train_step, muon, std::string("muon"))->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(10.0);
-BENCHMARK_CAPTURE(BM_train_step, adamw, std::string("adamw"))->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(10.0);
+BENCHMARK_CAPTURE(BM_train_step, muon, moonlight::OptimizerSplit::muon)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(10.0);
+BENCHMARK_CAPTURE(BM_train_step, adamw, moonlight::OptimizerSplit::adamw)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(10.0);
 
 BENCHMARK_MAIN();

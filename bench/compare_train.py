@@ -60,12 +60,12 @@ def make_optimizer(model, which, lr, wd):
     ]
 
 
-def run_theirs(model_config, training, which, threads, steps, warmup):
+def run_theirs(model_config, training, optimizer, which, threads, steps, warmup):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = DeepseekV3Config(**{k: v for k, v in model_config.items() if k not in ("architectures", "model_type")})
     model = DeepseekV3ForCausalLM(config).float().train()
-    optimizers = make_optimizer(model, which, training["lr"], training["weight_decay"])
+    optimizers = make_optimizer(model, which, optimizer["lr"], optimizer["weight_decay"])
     batch, seq = training["micro_batch"], training["seq_len"]
     total, in_optimizer = 0.0, 0.0
     for step in range(warmup + steps):
@@ -74,7 +74,7 @@ def run_theirs(model_config, training, which, threads, steps, warmup):
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         middle = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), training["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer["max_grad_norm"])
         for o in optimizers:
             o.step()
         for o in optimizers:
@@ -107,7 +107,7 @@ def main():
     ours = run_ours(args.bench, args.threads)
     rows = []
     for which in ("muon", "adamw"):
-        theirs = run_theirs(run["model"], run["training"], which, args.threads, args.steps, args.warmup)
+        theirs = run_theirs(run["model"], run["training"], run["muon"], which, args.threads, args.steps, args.warmup)
         rows.append((which, ours[which], theirs))
 
     print(f"Training tokens/s, tiny Moonlight config ({run['training']['micro_batch']} x {run['training']['seq_len']} "

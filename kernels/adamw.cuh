@@ -12,6 +12,7 @@
 
 #include "kernels/launch.cuh"
 #include "muon/backend.hpp"
+#include "muon/cuda_check.hpp"
 
 namespace muon::kernels {
 
@@ -60,8 +61,9 @@ __global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamW
   }
 }
 
-// Launches as few kernels as the list allows on `stream`; empty tensors are skipped.
-inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const AdamWConstants& s, const StepValues* values,
+// Launches as few kernels as the list allows on `stream`; empty tensors are skipped. Throws
+// CudaError (muon/cuda_check.hpp) when a launch fails.
+inline void launch_adamw(std::span<const AdamWTensor> tensors, const AdamWConstants& s, const StepValues* values,
                                 cudaStream_t stream) {
   std::size_t next = 0;
   while (next < tensors.size()) {
@@ -76,11 +78,10 @@ inline cudaError_t launch_adamw(std::span<const AdamWTensor> tensors, const Adam
     }
     const std::int64_t blocks = launch.first_block[launch.count];
     if (blocks == 0) break;
-    if (blocks > 0x7fffffff) return cudaErrorInvalidValue;  // > 2³¹ blocks: 17 Tera-elements
+    if (blocks > 0x7fffffff) cuda_check(cudaErrorInvalidValue);  // > 2³¹ blocks: 17 Tera-elements
     adamw_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(launch, s, values);
-    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    cuda_check(cudaGetLastError());
   }
-  return cudaSuccess;
 }
 
 }  // namespace muon::kernels

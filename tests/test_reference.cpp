@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <muon/backends/eigen.hpp>
+#include <muon/io/safetensors.hpp>
 #include <muon/muon.hpp>
 #include <string>
 

@@ -3,12 +3,15 @@
 #include <filesystem>
 #include <limits>
 #include <muon/backends/eigen.hpp>
+#include <muon/io/safetensors.hpp>
 #include <muon/torch/muon.hpp>
 
 // LibTorch brings glog, whose CHECK macro would silently replace doctest's: use doctest's
 // prefixed names only.
 #define DOCTEST_CONFIG_NO_SHORT_MACRO_NAMES
 #include <doctest/doctest.h>
+
+#include "custom_options.hpp"
 
 namespace {
 
@@ -90,12 +93,13 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
     auto param = ::torch::from_blob(w0.data(), shape, ::torch::kFloat).clone();
     const auto initial = param.clone();
     MuonOptions o = MuonOptions(std::stod(meta.at("lr"))).weight_decay(std::stod(meta.at("weight_decay")));
-    if (muon_case)
-      o.momentum_form(muon::MomentumForm::ema)
-          .ns_eps_mode(muon::NormEps::max)
-          .scale(meta.at("scale_mode") == "keller" ? muon::ScaleMode::keller : muon::ScaleMode::match_adamw_rms);
-    else
+    if (muon_case) {
+      o.core().muon.momentum_form = muon::MomentumForm::ema;
+      o.core().muon.ns.eps_mode = muon::NormEps::max;
+      o.core().muon.scale = meta.at("scale_mode") == "keller" ? muon::ScaleMode::keller : muon::ScaleMode::match_adamw_rms;
+    } else {
       o.role(muon::Rule::adamw);
+    }
     muon::torch::Muon opt(std::vector<::torch::Tensor>{param}, o);
     double worst = 0.0;
     for (int t = 1; t <= 5; ++t) {
@@ -145,6 +149,21 @@ DOCTEST_TEST_CASE("a NaN gradient in any group rejects the whole step and change
   for (std::size_t i = 0; i < before.size(); ++i) DOCTEST_CHECK(::torch::equal(before[i], net.params[i]));
 }
 
+DOCTEST_TEST_CASE("a NaN step is skipped and counted once when the defaults say OnNonFinite::skip") {
+  Net net(4);
+  muon::Options core{.lr = 0.02};
+  core.on_non_finite = muon::OnNonFinite::skip;
+  muon::torch::Muon opt(net.groups(MuonOptions(core)), MuonOptions(core));
+  net.set_gradients(9);
+  net.params[0].mutable_grad()[0][0] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<::torch::Tensor> before;
+  for (auto& p : net.params) before.push_back(p.clone());
+  opt.step();
+  DOCTEST_CHECK(opt.skipped_steps() == 1);
+  DOCTEST_CHECK(opt.step_count() == 0);
+  for (std::size_t i = 0; i < before.size(); ++i) DOCTEST_CHECK(::torch::equal(before[i], net.params[i]));
+}
+
 DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore the group options") {
   const auto path = temp_path("resume.pt");
   const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
@@ -169,6 +188,23 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
     after.step();
   }
   for (std::size_t i = 0; i < full.params.size(); ++i) DOCTEST_CHECK(::torch::equal(full.params[i], resumed.params[i]));
+  std::filesystem::remove(path);
+}
+
+DOCTEST_TEST_CASE("group options round-trip through torch::save and torch::load, every field") {
+  const auto path = temp_path("options.pt");
+  Net net(3), other(3);
+  muon::torch::Muon saved(net.groups(MuonOptions(muon::test::custom_options())));
+  net.set_gradients(5);
+  saved.step();
+  ::torch::save(saved, path.string());
+  muon::torch::Muon loaded(other.groups(MuonOptions(1.0)));
+  ::torch::load(loaded, path.string());
+  DOCTEST_CHECK(loaded.step_count() == 1);
+  for (auto& group : loaded.param_groups())
+    DOCTEST_CHECK(
+        muon::test::differing_fields(static_cast<MuonOptions&>(group.options()).core(), muon::test::custom_options())
+            .empty());
   std::filesystem::remove(path);
 }
 

@@ -10,6 +10,8 @@
 #include <muon/backends/cuda.hpp>
 #include <muon/dist/nccl.hpp>
 #include <muon/dist/zero1.hpp>
+#include <muon/optimizer.hpp>
+#include <muon/state_file.hpp>
 #include <string_view>
 #include <unistd.h>
 
@@ -29,7 +31,7 @@ const muon::dist::ZeroOptions kZero{.bucket_elements = 300};
 
 NcclCommunicator one_rank(const CudaBackend& gpu) {
   ncclUniqueId id;
-  muon::dist::detail::check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  muon::cuda_check(ncclGetUniqueId(&id));
   return NcclCommunicator(id, 0, 1, gpu.stream());
 }
 
@@ -102,7 +104,7 @@ TEST_CASE("NCCL, one rank: a ZeRO-1 checkpoint resumes in the single-process opt
   const auto path = std::filesystem::temp_directory_path() / ("muon_zero_nccl_" + std::to_string(::getpid()));
   zero.save(path);
   Single resumed(zm.table(), kOptions, gpu);
-  resumed.load(path);
+  muon::load_state(resumed, path);
   std::filesystem::remove(path);
   for (int step = 3; step < 6; ++step) {
     zm.set_gradients(step);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "muon/error.hpp"
 #include "muon/options.hpp"
@@ -67,9 +68,7 @@ void value_from_json(const nlohmann::json& j, T& value, const std::string& path,
     value = j.get<bool>();
   } else if constexpr (std::is_integral_v<T>) {
     if (!j.is_number_integer()) fail("an integer");
-    if (j.is_number_unsigned() ? j.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<T>::max())
-                               : j.get<std::int64_t>() < static_cast<std::int64_t>(std::numeric_limits<T>::min()) ||
-                                     (std::is_signed_v<T> && j.get<std::int64_t>() > std::numeric_limits<T>::max()))
+    if (j.is_number_unsigned() ? !std::in_range<T>(j.get<std::uint64_t>()) : !std::in_range<T>(j.get<std::int64_t>()))
       fail("an integer that fits its type");
     value = j.get<T>();
   } else if constexpr (std::is_floating_point_v<T>) {

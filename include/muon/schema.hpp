@@ -48,8 +48,9 @@ inline constexpr Limits kFraction{.min = 0.0, .max = 1.0};                      
 
 template <class S, class M>
 struct Field {
+  using MemberPointer = M S::*;  // an alias: nvcc's generated host code adds parentheses otherwise
   std::string_view name;
-  M S::*member;
+  MemberPointer member;
   Limits limits{};
 };
 template <class S, class M>

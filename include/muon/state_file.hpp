@@ -23,7 +23,7 @@
 
 namespace muon {
 
-inline constexpr const char* kStateFormat = "muon.optimizer_state.v1";
+inline constexpr const char* kStateFormat = "muon.optimizer_state.v2";
 
 // Writes the state atomically (temp file, fsync, rename).
 inline void write_state_file(const std::filesystem::path& path, const SavedState& state) {

@@ -39,12 +39,14 @@ moonlight::PackedSequences noise_data() {
 }
 
 moonlight::RunConfig run_with_micro_batch(std::int64_t micro_batch) {
-  return {moonlight::Config::load(fixture("tiny_moonlight") / "config.json"),
-          {.steps = 4, .seq_len = 16, .micro_batch = micro_batch, .lr = 1e-2, .warmup_steps = 1, .eval_every = 2,
-           .eval_sequences = 5, .checkpoint_every = 2, .keep_checkpoints = 3,
-           // fp32 Newton–Schulz: in bf16 the reassociated sums of other batch splits would differ
-           // by bf16 ulps and hide a real data-parallel error.
-           .ns_precision = "fp32"}};
+  moonlight::RunConfig run{moonlight::Config::load(fixture("tiny_moonlight") / "config.json"),
+                           {.steps = 4, .seq_len = 16, .micro_batch = micro_batch, .warmup_steps = 1, .eval_every = 2,
+                            .eval_sequences = 5, .checkpoint_every = 2, .keep_checkpoints = 3,
+                            // fp32 Newton–Schulz: in bf16 the reassociated sums of other batch splits
+                            // would differ by bf16 ulps and hide a real data-parallel error.
+                            .ns_precision = muon::NsPrecision::fp32}};
+  run.muon.lr = 1e-2;
+  return run;
 }
 
 // A directory every rank agrees on (rank 0's pid), removed by rank 0 at the end.

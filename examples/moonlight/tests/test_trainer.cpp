@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "custom_options.hpp"
 #include "fixtures.hpp"
 #include "moonlight/checkpoint.hpp"
 #include "moonlight/config.hpp"
@@ -39,12 +40,14 @@ moonlight::PackedSequences phrase_data(std::int64_t seq_len) {
 }
 
 moonlight::RunConfig tiny_run(moonlight::TrainOptions o) {
-  return {moonlight::Config::load(fixture("tiny_moonlight") / "config.json"), o};
+  moonlight::RunConfig run{moonlight::Config::load(fixture("tiny_moonlight") / "config.json"), o};
+  run.muon.lr = 1e-2;
+  return run;
 }
 
 moonlight::TrainOptions fast_options() {
-  return {.steps = 6, .seq_len = 16, .micro_batch = 4, .lr = 1e-2, .warmup_steps = 1, .eval_every = 3,
-          .eval_sequences = 4, .checkpoint_every = 3, .keep_checkpoints = 5};
+  return {.steps = 6, .seq_len = 16, .micro_batch = 4, .warmup_steps = 1, .eval_every = 3, .eval_sequences = 4,
+          .checkpoint_every = 3, .keep_checkpoints = 5};
 }
 
 const fs::path tokenizer_file = fixture("bpe_sample_1024.tiktoken");
@@ -174,7 +177,7 @@ TEST_CASE("micro-batches with accumulation give the step of one large batch") {
   // fp32 Newton–Schulz: bf16 rounding would turn the float reassociation of the split batch into
   // differences of a bf16 ulp, which would hide a real accumulation error.
   moonlight::TrainOptions big = fast_options(), split = fast_options();
-  big.ns_precision = split.ns_precision = "fp32";
+  big.ns_precision = split.ns_precision = muon::NsPrecision::fp32;
   big.steps = split.steps = 2;
   big.checkpoint_every = split.checkpoint_every = 0;
   split.micro_batch = 2;
@@ -195,37 +198,58 @@ TEST_CASE("the optimizer table: Muon on matrices, AdamW elsewhere or everywhere,
   const moonlight::Config c = moonlight::Config::load(fixture("tiny_moonlight") / "config.json");
   moonlight::Weights w(c);
   std::vector<float> g(w.data().size());
-  for (const char* optimizer : {"muon", "adamw"}) {
+  for (const auto optimizer : {moonlight::OptimizerSplit::muon, moonlight::OptimizerSplit::adamw}) {
     const std::vector<muon::Parameter> table = moonlight::training_parameters(w, g, optimizer);
     CHECK(table.size() == w.tensors().size() - 2);  // two MoE layers, one bias each
     for (const muon::Parameter& p : table) {
       CHECK(p.name.find("e_score_correction_bias") == std::string::npos);
       const muon::Rule rule = p.rule.value_or(p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw);
-      CHECK(rule == (std::string(optimizer) == "muon" && p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw));
+      CHECK(rule == (optimizer == moonlight::OptimizerSplit::muon && p.role == muon::Role::matrix ? muon::Rule::muon
+                                                                                                   : muon::Rule::adamw));
     }
   }
 }
 
 TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
-  const moonlight::TrainOptions d = moonlight::train_options_from_json(nlohmann::json::object());
-  CHECK(d.optimizer == "muon");
-  const moonlight::TrainOptions o = moonlight::train_options_from_json({{"lr", 0.5}, {"steps", 10}, {"warmup_steps", 2}, {"schedule", "cosine"}});
-  CHECK(o.lr == 0.5);
+  const nlohmann::json model = moonlight::Config::load(fixture("tiny_moonlight") / "config.json").json;
+  const auto run = [&](const nlohmann::json& training, const nlohmann::json& muon = nlohmann::json::object()) {
+    return moonlight::run_config_from_json({{"model", model}, {"training", training}, {"muon", muon}}, "test");
+  };
+  const moonlight::RunConfig d = run(nlohmann::json::object());
+  CHECK(d.training.optimizer == moonlight::OptimizerSplit::muon);
+  CHECK(d.muon.lr == 2e-3);
+  CHECK(d.muon.max_grad_norm == 1.0);
+  const moonlight::RunConfig o = run({{"steps", 10}, {"warmup_steps", 2}, {"schedule", "cosine"}}, {{"lr", 0.5}});
+  CHECK(o.muon.lr == 0.5);
   const muon::Options opt = moonlight::optimizer_options(o);
   CHECK(std::get<muon::WarmupCosine>(opt.schedule).total_steps == 10);
   CHECK(opt.adamw.beta2 == 0.95f);
-  const muon::Options wsd = moonlight::optimizer_options(moonlight::train_options_from_json({{"steps", 100}, {"decay_fraction", 0.2}}));
+  const muon::Options wsd = moonlight::optimizer_options(run({{"steps", 100}, {"decay_fraction", 0.2}}));
   CHECK(std::get<muon::WarmupStableDecay>(wsd.schedule).decay_steps == 20);
   CHECK(std::get<muon::WarmupStableDecay>(wsd.schedule).stable_steps == 60);
+  // Every muon::Options field but the derived schedule, by the core's names.
+  nlohmann::json custom = muon::to_json(muon::test::custom_options());
+  custom.erase("schedule");
+  const moonlight::RunConfig all = run(nlohmann::json::object(), custom);
+  CHECK(muon::test::differing_fields(all.muon, muon::test::custom_options()) == std::vector<std::string>{"Options.schedule"});
+  // And through a checkpoint's saved run config.
+  const moonlight::RunConfig again = moonlight::run_config_from_json(moonlight::to_json(all), "saved");
+  CHECK(muon::test::differing_fields(again.muon, all.muon).empty());
+  CHECK(muon::equal_fields(again.training, all.training));
 
-  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"learning_rate", 1.0}}),
-                       doctest::Contains("training.learning_rate is not a training option"), muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"steps", "ten"}}),
-                       doctest::Contains("training.steps is \"ten\", expected a number"), muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"optimizer", "sgd"}}),
-                       doctest::Contains("training.optimizer is 'sgd'"), muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS(moonlight::train_options_from_json({{"steps", 10}, {"warmup_steps", 10}}),
+  CHECK_THROWS_WITH_AS(run({{"learning_rate", 1.0}}), doctest::Contains("training.learning_rate is not an option"),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(run({{"steps", "ten"}}), doctest::Contains("training.steps is \"ten\", expected an integer"),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(run({{"optimizer", "sgd"}}),
+                       doctest::Contains("training.optimizer is \"sgd\", expected \"muon\" or \"adamw\""),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(run({{"steps", 10}, {"warmup_steps", 10}}),
                        doctest::Contains("training.warmup_steps (10) must be below training.steps (10)"),
+                       muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(run(nlohmann::json::object(), {{"muon", {{"momentum", 1.5}}}}),
+                       doctest::Contains("muon.muon.momentum must be finite and in [0, 1), got 1.5"), muon::InvalidArgument);
+  CHECK_THROWS_WITH_AS(run(nlohmann::json::object(), {{"schedule", {{"kind", "constant"}}}}), doctest::Contains("muon.schedule is derived"),
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(moonlight::load_run_config("/nonexistent/tiny.json"),
                        doctest::Contains("cannot open run config '/nonexistent/tiny.json'"), muon::FileError);

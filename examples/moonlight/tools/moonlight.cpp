@@ -27,6 +27,7 @@
 #include <moonlight/utf8_stream.hpp>
 
 #include "compare_command.hpp"
+#include "schema_flags.hpp"
 #include "train_command.hpp"
 
 namespace {
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
   moonlight::cli::TrainArgs train_args;
   train_args.tokenizer = MOONLIGHT_DEFAULT_TOKENIZER;
   CLI::App* train = app.add_subcommand("train", "train a model with muon (Muon + AdamW) or AdamW");
-  train->add_option("--config", train_args.config, "run config: {\"model\": config.json, \"training\": {...}}");
+  train->add_option("--config", train_args.config, "run config: {\"model\": config.json, \"training\": {...}, \"muon\": {...}}");
   train->add_option("--data", train_args.data, "UTF-8 text files, .bin token shards, or directories of them")->required();
   train->add_option("--out", train_args.out, "run directory (metrics, plot, checkpoints)")->required();
   train->add_flag("--resume", train_args.resume, "continue the run in --out from its latest checkpoint");
@@ -100,22 +101,8 @@ int main(int argc, char** argv) {
   train->add_option("--doc-separator", train_args.document_separator, "a line holding only this ends a document (fortune files: %)");
   train->add_option("--sample-prompt", train_args.sample_prompt, "print a greedy continuation of this before and after training");
   train->add_option("--sample-tokens", train_args.sample_tokens, "tokens per sample")->capture_default_str();
-  train->add_option("--steps", train_args.steps, "override training.steps");
-  train->add_option("--seq-len", train_args.seq_len, "override training.seq_len");
-  train->add_option("--micro-batch", train_args.micro_batch, "override training.micro_batch (sequences per rank)");
-  train->add_option("--grad-accum", train_args.grad_accum, "override training.grad_accum");
-  train->add_option("--optimizer", train_args.optimizer, "override training.optimizer: muon or adamw");
-  train->add_option("--lr", train_args.lr, "override training.lr");
-  train->add_option("--weight-decay", train_args.weight_decay, "override training.weight_decay");
-  train->add_option("--schedule", train_args.schedule, "override training.schedule: wsd, cosine or constant");
-  train->add_option("--ns-precision", train_args.ns_precision,
-                    "override training.ns_precision: automatic (bf16 where the CPU has bf16 instructions), fp32 or bf16");
-  train->add_option("--warmup-steps", train_args.warmup_steps, "override training.warmup_steps");
-  train->add_option("--aux-loss-alpha", train_args.aux_loss_alpha, "override training.aux_loss_alpha");
-  train->add_option("--bias-update-rate", train_args.bias_update_rate, "override training.bias_update_rate");
-  train->add_option("--eval-every", train_args.eval_every, "override training.eval_every");
-  train->add_option("--checkpoint-every", train_args.checkpoint_every, "override training.checkpoint_every");
-  train->add_option("--seed", train_args.seed, "override training.seed");
+  moonlight::cli::add_schema_flags(*train, moonlight::TrainOptions{}, "training", train_args.overrides);
+  moonlight::cli::add_schema_flags(*train, moonlight::default_run_optimizer(), "muon", train_args.overrides);
 
   std::filesystem::path tokenize_out, tokenizer_file = MOONLIGHT_DEFAULT_TOKENIZER;
   std::vector<std::filesystem::path> tokenize_data;

@@ -37,41 +37,17 @@
 
 namespace moonlight::cli {
 
-// What the command line says; unset overrides keep the run config's value.
+// What the command line says. `overrides` is a JSON patch of the run config made by the schema
+// flags (tools/schema_flags.hpp); fields it leaves out keep the run config's value.
 struct TrainArgs {
   std::filesystem::path config, out, tokenizer;
   std::vector<std::filesystem::path> data;
   std::string document_separator;
   bool resume = false;
-  std::optional<std::int64_t> steps, seq_len, micro_batch, grad_accum, checkpoint_every, eval_every, warmup_steps;
-  std::optional<double> lr, weight_decay, aux_loss_alpha, bias_update_rate;
-  std::optional<std::string> optimizer, schedule, ns_precision;
-  std::optional<std::uint64_t> seed;
+  nlohmann::json overrides = nlohmann::json::object();
   std::string sample_prompt;
   std::int64_t sample_tokens = 48;
 };
-
-inline void apply_overrides(const TrainArgs& a, TrainOptions& o) {
-  const auto set = [](const auto& from, auto& to) {
-    if (from) to = *from;
-  };
-  set(a.steps, o.steps);
-  set(a.seq_len, o.seq_len);
-  set(a.micro_batch, o.micro_batch);
-  set(a.grad_accum, o.grad_accum);
-  set(a.checkpoint_every, o.checkpoint_every);
-  set(a.eval_every, o.eval_every);
-  set(a.warmup_steps, o.warmup_steps);
-  set(a.lr, o.lr);
-  set(a.weight_decay, o.weight_decay);
-  set(a.aux_loss_alpha, o.aux_loss_alpha);
-  set(a.bias_update_rate, o.bias_update_rate);
-  set(a.optimizer, o.optimizer);
-  set(a.schedule, o.schedule);
-  set(a.ns_precision, o.ns_precision);
-  set(a.seed, o.seed);
-  validate(o);
-}
 
 // The identity of the packed data, so that a resumed run refuses a different corpus.
 inline nlohmann::json data_fingerprint(const PackedSequences& data) {
@@ -134,17 +110,19 @@ int train(const TrainArgs& args, C comm) {
                                   "(override single fields with --steps, --lr, ...)");
     }
     checkpoint = open_checkpoint(args.out);
-    const nlohmann::json& saved = checkpoint->state.at("run");
-    run = {Config::from_json(saved.at("model")), train_options_from_json(saved.at("training"))};
+    nlohmann::json saved = checkpoint->state.at("run");
+    saved.merge_patch(args.overrides);
+    run = run_config_from_json(saved, (checkpoint->dir / "trainer.json").string());
   } else {
     if (args.config.empty()) throw muon::InvalidArgument("--config is required for a new run (or pass --resume)");
     if (std::filesystem::exists(args.out / "latest")) {
       throw muon::InvalidArgument("--out '" + args.out.string() +
                                   "' already holds a run; pass --resume to continue it, or choose another --out");
     }
-    run = load_run_config(args.config);
+    nlohmann::json config = read_run_config(args.config);
+    config.merge_patch(args.overrides);
+    run = run_config_from_json(config, args.config.string());
   }
-  apply_overrides(args, run.training);
 
   const Tokenizer tokenizer = Tokenizer::load(args.tokenizer);
   if (tokenizer.vocab_size() > run.model.vocab_size) {
@@ -171,7 +149,8 @@ int train(const TrainArgs& args, C comm) {
   const TrainOptions& o = trainer.run().training;
   if (rank0) {
     std::printf("model: %lld parameters; %s, lr %.3g, %lld steps of %lld tokens%s\n",
-                static_cast<long long>(trainer.weights().data().size()), o.optimizer.c_str(), o.lr,
+                static_cast<long long>(trainer.weights().data().size()),
+                std::string(muon::enum_name(o.optimizer)).c_str(), trainer.run().muon.lr,
                 static_cast<long long>(o.steps), static_cast<long long>(trainer.tokens_per_step()),
                 checkpoint ? (", resumed at step " + std::to_string(trainer.step())).c_str() : "");
     if (!args.sample_prompt.empty()) {
@@ -192,7 +171,7 @@ int train(const TrainArgs& args, C comm) {
     if (m.val_loss) {
       progress.note("step " + std::to_string(m.step) + ": validation loss " + std::to_string(*m.val_loss) +
                     ", expert load max/mean " + std::to_string(m.load_imbalance));
-      plot_loss_curves(args.out / "loss.png", loss_curves(args.out / "metrics.jsonl", o.optimizer),
+      plot_loss_curves(args.out / "loss.png", loss_curves(args.out / "metrics.jsonl", std::string(muon::enum_name(o.optimizer))),
                        {.title = "Moonlight training loss", .x_label = "tokens", .y_label = "cross-entropy (nats)"});
     }
   });

@@ -48,16 +48,11 @@
 #include "kernels/norms.cuh"
 #include "kernels/symmetric.cuh"
 #include "muon/backend.hpp"
+#include "muon/cuda_check.hpp"
 #include "muon/error.hpp"
 #include "muon/orthogonalize.hpp"
 
 namespace muon {
-
-// A CUDA runtime or cuBLAS call failed; the message names the call, the file and the line.
-class CudaError : public Error {
- public:
-  using Error::Error;
-};
 
 struct CudaOptions {
   NsPrecision ns_precision = NsPrecision::bf16;  // automatic is bf16 too: every GPU this targets has it
@@ -74,17 +69,6 @@ struct CudaOptions {
 
 namespace cuda_detail {
 
-inline void check(cudaError_t e, const char* call, const char* file, int line) {
-  if (e != cudaSuccess)
-    throw CudaError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " + cudaGetErrorName(e) +
-                    " (" + cudaGetErrorString(e) + ")");
-}
-inline void check(cublasStatus_t s, const char* call, const char* file, int line) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw CudaError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
-                    cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ")");
-}
-#define MUON_CUDA_CHECK(call) ::muon::cuda_detail::check((call), #call, __FILE__, __LINE__)
 
 // cuBLAS takes int dimensions.
 inline int blas_int(std::int64_t v, const char* what) {
@@ -112,18 +96,18 @@ struct Context {
   Context(bool own_stream, cudaStream_t s, cublasHandle_t h, std::size_t workspace_bytes) : stream(s), blas(h) {
     try {
       if (own_stream) {
-        MUON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
         owns_stream = true;
       }
       if (blas == nullptr) {
-        MUON_CUDA_CHECK(cublasCreate(&blas));
+        cuda_check(cublasCreate(&blas));
         owns_blas = true;
       }
       // A workspace the handle keeps for good: cuBLAS then allocates nothing during graph capture.
       // cublasSetStream resets the workspace, hence this order.
-      MUON_CUDA_CHECK(cublasSetStream(blas, stream));
-      MUON_CUDA_CHECK(cudaMalloc(&blas_workspace, workspace_bytes));
-      MUON_CUDA_CHECK(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+      cuda_check(cublasSetStream(blas, stream));
+      cuda_check(cudaMalloc(&blas_workspace, workspace_bytes));
+      cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
     } catch (...) {
       release();
       throw;
@@ -137,8 +121,8 @@ struct Context {
   // before each use, which also drops our workspace): bind it again before each cuBLAS sequence.
   void bind(std::size_t workspace_bytes) {
     if (owns_blas) return;
-    MUON_CUDA_CHECK(cublasSetStream(blas, stream));
-    MUON_CUDA_CHECK(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+    cuda_check(cublasSetStream(blas, stream));
+    cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
   }
 
   // Errors are not reported here (it runs in a destructor); the calls only release resources.
@@ -162,14 +146,14 @@ struct Context {
   void* scratch_of(std::size_t bytes) {
     if (bytes <= scratch_bytes) return scratch;
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    MUON_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    cuda_check(cudaStreamIsCapturing(stream, &status));
     if (status != cudaStreamCaptureStatusNone)
       throw CudaError("CudaBackend: the scratch arena must grow to " + std::to_string(bytes) +
                       " bytes during a CUDA graph capture; run the captured work once before capturing");
     if (scratch != nullptr) retired.push_back(scratch);
     scratch = nullptr;
     scratch_bytes = 0;
-    MUON_CUDA_CHECK(cudaMallocAsync(&scratch, bytes, stream));
+    cuda_check(cudaMallocAsync(&scratch, bytes, stream));
     scratch_bytes = bytes;
     return scratch;
   }
@@ -205,9 +189,9 @@ class CudaBackend {
         : context_(std::move(context)), size_(static_cast<std::size_t>(n)) {
       if (n == 0) return;
       void* p = nullptr;
-      MUON_CUDA_CHECK(cudaMallocAsync(&p, size_ * sizeof(float), context_->stream));
+      cuda_check(cudaMallocAsync(&p, size_ * sizeof(float), context_->stream));
       data_ = static_cast<float*>(p);
-      MUON_CUDA_CHECK(cudaMemsetAsync(data_, 0, size_ * sizeof(float), context_->stream));
+      cuda_check(cudaMemsetAsync(data_, 0, size_ * sizeof(float), context_->stream));
     }
     Buffer(Buffer&& other) noexcept { swap(other); }
     Buffer& operator=(Buffer&& other) noexcept {
@@ -259,7 +243,7 @@ class CudaBackend {
     explicit HostBuffer(std::int64_t n) : size_(static_cast<std::size_t>(n)) {
       if (n == 0) return;
       void* p = nullptr;
-      MUON_CUDA_CHECK(cudaMallocHost(&p, size_ * sizeof(float)));
+      cuda_check(cudaMallocHost(&p, size_ * sizeof(float)));
       data_.reset(static_cast<float*>(p));
       std::fill_n(data_.get(), size_, 0.0f);
     }
@@ -299,7 +283,7 @@ class CudaBackend {
       pb = b16;
     }
     const cudaDataType_t operand = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+    cuda_check(cublasGemmStridedBatchedEx(
         context_->blas, op(tb), op(ta), blas_int(c.cols, "columns"), blas_int(c.rows, "rows"),
         blas_int(k, "inner size"), &alpha, pb, operand, blas_int(b.cols, "ldb"), b.matrix_size(), pa, operand,
         blas_int(a.cols, "lda"), a.matrix_size(), &beta, c.data, CUDA_R_32F, blas_int(c.cols, "ldc"), c.matrix_size(),
@@ -317,7 +301,7 @@ class CudaBackend {
     const std::int64_t n = rows ? x.rows : x.cols, inner = rows ? x.cols : x.rows;
     if (options_.ns_precision == NsPrecision::fp32) {
       for (std::int64_t k = 0; k < x.batch; ++k)
-        MUON_CUDA_CHECK(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
+        cuda_check(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
                                     blas_int(n, "Gram size"), blas_int(inner, "inner size"), &alpha, x.matrix(k),
                                     blas_int(x.cols, "ldx"), &beta, c.matrix(k), blas_int(n, "ldc")));
       mirror_lower(c.data, n, c.batch);
@@ -339,7 +323,7 @@ class CudaBackend {
     const auto n = static_cast<std::int64_t>(y.size());
     kernels::axpby_kernel<float>
         <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, alpha, x.data(), beta, y.data());
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   // Muon's decay and apply, W ← decay·W − (lr·scale)·O, with lr and decay read on the device.
@@ -351,7 +335,7 @@ class CudaBackend {
     const auto n = static_cast<std::int64_t>(w.size());
     kernels::update_kernel<X>
         <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, s.scale, s.values, o, w.data());
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   // Per matrix, on the device: ‖X‖_F (kernels/norms.cuh), then X ← X·(1/(‖X‖+ε)) or
@@ -400,7 +384,7 @@ class CudaBackend {
     const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;  // weight of G in the buffer
     kernels::momentum_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(
         n, m.data(), g.data(), s.mu, gain, s.values, s.nesterov, u.data());
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s) {
@@ -411,7 +395,7 @@ class CudaBackend {
   // AdamW on many tensors with the same hyper-parameters, in as few launches as possible
   // (kernels/adamw.cuh). Beyond the concept.
   void adamw_many(std::span<const kernels::AdamWTensor> tensors, AdamWStep s) {
-    MUON_CUDA_CHECK(kernels::launch_adamw(tensors, {s.beta1, s.beta2, s.eps}, s.values, context_->stream));
+    kernels::launch_adamw(tensors, {s.beta1, s.beta2, s.eps}, s.values, context_->stream);
   }
 
   // Σ x² in double. The host needs the value, so this synchronises the stream: the one
@@ -428,13 +412,13 @@ class CudaBackend {
     double* total = carve.take<double>(1);
     kernels::sum_squares_partial_kernel<float, kernels::kThreads>
         <<<dim3(static_cast<unsigned>(parts), 1), kernels::kThreads, 0, context_->stream>>>(x.data(), n, partial);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
     kernels::finish_norms_kernel<kernels::kThreads>
         <<<1, kernels::kThreads, 0, context_->stream>>>(partial, parts, total, nullptr, 0.0f, false);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
     double result = 0.0;
-    MUON_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, context_->stream));
-    MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
+    cuda_check(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, context_->stream));
+    cuda_check(cudaStreamSynchronize(context_->stream));
     return result;
   }
 
@@ -445,21 +429,21 @@ class CudaBackend {
     const auto n = static_cast<std::int64_t>(x.size());
     kernels::flag_non_finite_kernel<float>
         <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), flag);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
-  void clear_flag(int* flag) { MUON_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), context_->stream)); }
+  void clear_flag(int* flag) { cuda_check(cudaMemsetAsync(flag, 0, sizeof(int), context_->stream)); }
 
   // Copies between device and host memory; both wait for the copy (the host buffer may go away).
   void to_host(std::span<const float> x, std::span<float> host) {
     if (x.empty()) return;
-    MUON_CUDA_CHECK(cudaMemcpyAsync(host.data(), x.data(), x.size_bytes(), cudaMemcpyDeviceToHost, context_->stream));
-    MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
+    cuda_check(cudaMemcpyAsync(host.data(), x.data(), x.size_bytes(), cudaMemcpyDeviceToHost, context_->stream));
+    cuda_check(cudaStreamSynchronize(context_->stream));
   }
   void from_host(std::span<const float> host, std::span<float> y) {
     if (host.empty()) return;
-    MUON_CUDA_CHECK(
+    cuda_check(
         cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
-    MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
+    cuda_check(cudaStreamSynchronize(context_->stream));
   }
 
   // The step block's copy from pinned memory (allocate_host), in stream order. Outside a capture
@@ -467,11 +451,11 @@ class CudaBackend {
   // the graph's memcpy node, and each replay copies what the host wrote before launching it.
   void upload(std::span<const float> host, std::span<float> y) {
     if (host.empty()) return;
-    MUON_CUDA_CHECK(
+    cuda_check(
         cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    MUON_CUDA_CHECK(cudaStreamIsCapturing(context_->stream, &status));
-    if (status == cudaStreamCaptureStatusNone) MUON_CUDA_CHECK(cudaStreamSynchronize(context_->stream));
+    cuda_check(cudaStreamIsCapturing(context_->stream, &status));
+    if (status == cudaStreamCaptureStatusNone) cuda_check(cudaStreamSynchronize(context_->stream));
   }
 
   // At least `bytes` of the backend's scratch arena (device memory, 256-byte aligned), valid until
@@ -525,7 +509,7 @@ class CudaBackend {
       // tall: (X·B)ᵀ = B·Y. Either way the n×n factor has ld n and the result ld cols.
       const __nv_bfloat16* left = wide ? cur : poly;
       const __nv_bfloat16* right = wide ? poly : cur;
-      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+      cuda_check(cublasGemmStridedBatchedEx(
           context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
           blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
           right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF,
@@ -535,7 +519,7 @@ class CudaBackend {
     const std::int64_t total = x.size();
     kernels::convert_kernel<__nv_bfloat16, float>
         <<<kernels::grid_for(total), kernels::kThreads, 0, context_->stream>>>(total, cur, x.data);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   static int blas_int(std::int64_t v, const char* what) { return cuda_detail::blas_int(v, what); }
@@ -558,12 +542,12 @@ class CudaBackend {
     const auto n = static_cast<std::int64_t>(x.size());
     kernels::convert_kernel<float, __nv_bfloat16>
         <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), out);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   template <class T>
   void copy(T* to, const T* from, std::int64_t count) {
-    MUON_CUDA_CHECK(cudaMemcpyAsync(to, from, static_cast<std::size_t>(count) * sizeof(T), cudaMemcpyDeviceToDevice,
+    cuda_check(cudaMemcpyAsync(to, from, static_cast<std::size_t>(count) * sizeof(T), cudaMemcpyDeviceToDevice,
                                     context_->stream));
   }
 
@@ -573,11 +557,11 @@ class CudaBackend {
     kernels::sum_squares_partial_kernel<float, kernels::kThreads>
         <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
             x.data, x.matrix_size(), partial);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
     kernels::finish_norms_kernel<kernels::kThreads>
         <<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(partial, parts, nullptr, inverse,
                                                                                      eps, mode == NormEps::max);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   template <class Y>
@@ -585,7 +569,7 @@ class CudaBackend {
     kernels::scale_matrices_kernel<float, Y>
         <<<dim3(kernels::grid_for(matrix_size), grid_y(batch)), kernels::kThreads, 0, context_->stream>>>(
             x, matrix_size, factor, y);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   // Pointer-array entries symmetric_product needs (A, B and C arrays) for `tiles` per side.
@@ -607,7 +591,7 @@ class CudaBackend {
     const cublasOperation_t opa = by_rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = by_rows ? CUBLAS_OP_N : CUBLAS_OP_T;
     const cudaDataType_t c_type = std::is_same_v<C, float> ? CUDA_R_32F : CUDA_R_16BF;
     if (tiles == 1) {
-      MUON_CUDA_CHECK(cublasGemmStridedBatchedEx(
+      cuda_check(cublasGemmStridedBatchedEx(
           context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
           &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"),
           rows * cols, &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F,
@@ -625,8 +609,8 @@ class CudaBackend {
         <<<static_cast<unsigned>((entries + kernels::kThreads - 1) / kernels::kThreads), kernels::kThreads, 0,
            context_->stream>>>(x, rows * cols, tile_step, c, n * n, n, t, static_cast<int>(pairs), entries, a_ptrs,
                                b_ptrs, c_ptrs);
-    MUON_CUDA_CHECK(cudaGetLastError());
-    MUON_CUDA_CHECK(cublasGemmBatchedEx(
+    cuda_check(cudaGetLastError());
+    cuda_check(cublasGemmBatchedEx(
         context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"), blas_int(inner, "inner size"), &alpha,
         a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
         blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -638,7 +622,7 @@ class CudaBackend {
     const auto tiles = static_cast<unsigned>((n + kernels::kMirrorTile - 1) / kernels::kMirrorTile);
     kernels::mirror_lower_kernel<T>
         <<<dim3(tiles, tiles, grid_y(batch)), dim3(kernels::kMirrorTile, 8), 0, context_->stream>>>(c, n);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    cuda_check(cudaGetLastError());
   }
 
   CudaOptions options_;

@@ -3,7 +3,8 @@
 // Optimizer::check_gradients() calls the backend's sum_squares once per parameter, and on the
 // GPU each call waits for its result: thousands of round trips for a Moonlight-sized table.
 // check_gradients_on_device computes every gradient's Σx² on the device (multi-tensor kernels,
-// kernels/norms.cuh) and copies them back at once; its result goes to Optimizer::step(check).
+// kernels/norms.cuh) and copies them back at once; its result goes to Optimizer::step(check) or
+// Optimizer::begin_step(check) before a captured apply().
 //
 //   muon::Optimizer<muon::CudaBackend> opt(params, options, gpu);
 //   opt.step(muon::check_gradients_on_device(opt.backend(), opt.parameters()));
@@ -15,6 +16,7 @@
 
 #include "muon/backends/cuda.hpp"
 #include "muon/optimizer.hpp"
+#include "muon/parameter.hpp"
 
 namespace muon {
 
@@ -25,10 +27,7 @@ namespace muon {
   std::int64_t partials = 0;  // blocks over all launches: the partial sums laid end to end
   for (std::size_t i = 0; i < params.size(); ++i) {
     const Parameter& p = params[i];
-    if (p.grad.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no gradient pointer");
-    if (p.grad.shape != p.value.shape)
-      throw ShapeMismatch("gradient of parameter '" + p.name + "' has shape " + to_string(p.grad.shape) +
-                          ", the parameter has " + to_string(p.value.shape));
+    check_gradient(p);
     if (i % kernels::kMultiMaxTensors == 0) launches.push_back(kernels::SumSquaresLaunch{});
     kernels::SumSquaresLaunch& l = launches.back();
     const std::int64_t n = p.grad.size();
@@ -52,18 +51,18 @@ namespace muon {
     if (blocks > 0)
       kernels::multi_sum_squares_kernel<kernels::kThreads>
           <<<static_cast<unsigned>(blocks), kernels::kThreads, 0, gpu.stream()>>>(l, partial + offset);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    muon::cuda_check(cudaGetLastError());
     kernels::finish_multi_sum_squares_kernel<kernels::kThreads>
         <<<static_cast<unsigned>(l.count), kernels::kThreads, 0, gpu.stream()>>>(l, partial + offset,
                                                                                  sums + g * kernels::kMultiMaxTensors);
-    MUON_CUDA_CHECK(cudaGetLastError());
+    muon::cuda_check(cudaGetLastError());
     offset += blocks;
   }
   std::vector<double> host(params.size());
   if (!host.empty()) {
-    MUON_CUDA_CHECK(
+    muon::cuda_check(
         cudaMemcpyAsync(host.data(), sums, host.size() * sizeof(double), cudaMemcpyDeviceToHost, gpu.stream()));
-    MUON_CUDA_CHECK(cudaStreamSynchronize(gpu.stream()));
+    muon::cuda_check(cudaStreamSynchronize(gpu.stream()));
   }
   GradientCheck check;
   for (std::size_t i = 0; i < params.size(); ++i) {

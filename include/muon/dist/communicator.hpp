@@ -12,7 +12,8 @@
 //   - `ReduceOp::avg` is the mean (MPI: the sum times the float 1/size; NCCL: ncclAvg);
 //   - all_gather is in place when `send` is the rank's own block of `recv`; reduce_scatter's
 //     buffers do not overlap;
-//   - an engine failure throws CommError.
+//   - an engine failure throws CommError (a device failure inside one, the device's error:
+//     muon/cuda_check.hpp).
 #pragma once
 
 #include <concepts>

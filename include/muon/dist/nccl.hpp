@@ -19,27 +19,31 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <source_location>
 #include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "muon/cuda_check.hpp"
 #include "muon/dist/communicator.hpp"
 
 #if defined(MUON_HAS_MPI)
 #include <mpi.h>
 #endif
 
+template <>
+struct muon::StatusTraits<ncclResult_t> {
+  using Exception = dist::CommError;  // the engine behind ZeRO-1 failed
+  static constexpr const char* library = "NCCL";
+  static bool ok(ncclResult_t s) { return s == ncclSuccess; }
+  static std::string describe(ncclResult_t s) { return ncclGetErrorString(s); }
+};
+
 namespace muon::dist {
 
 namespace detail {
 
-inline void check_nccl(ncclResult_t code, const char* what) {
-  if (code != ncclSuccess) throw CommError(std::string("NCCL ") + what + " failed: " + ncclGetErrorString(code));
-}
-inline void check_cuda_call(cudaError_t code, const char* what) {
-  if (code != cudaSuccess) throw CommError(std::string("CUDA ") + what + " failed: " + cudaGetErrorString(code));
-}
 
 template <class T>
 ncclDataType_t nccl_type() {
@@ -67,14 +71,14 @@ inline ncclRedOp_t nccl_op(ReduceOp op) {
 // and the first failure is thrown only after.
 template <class F>
 void per_root_group(std::span<const std::int64_t> counts, std::span<const std::size_t> displacements, F&& call,
-                    const char* what) {
-  check_nccl(ncclGroupStart(), "ncclGroupStart");
+                    std::source_location where = std::source_location::current()) {
+  cuda_check(ncclGroupStart());
   ncclResult_t enqueued = ncclSuccess;
   for (std::size_t r = 0; r < counts.size() && enqueued == ncclSuccess; ++r)
     if (counts[r] != 0) enqueued = call(static_cast<int>(r), displacements[r], static_cast<std::size_t>(counts[r]));
   const ncclResult_t ended = ncclGroupEnd();
-  check_nccl(enqueued, what);
-  check_nccl(ended, "ncclGroupEnd");
+  cuda_check(enqueued, where);
+  cuda_check(ended);
 }
 
 }  // namespace detail
@@ -90,7 +94,7 @@ class NcclCommunicator {
   // rank's GPU. `stream` must outlive the communicator.
   NcclCommunicator(const ncclUniqueId& id, int rank, int size, cudaStream_t stream) : stream_(stream) {
     ncclComm_t comm = nullptr;
-    detail::check_nccl(ncclCommInitRank(&comm, size, id, rank), "ncclCommInitRank");
+    cuda_check(ncclCommInitRank(&comm, size, id, rank));
     state_ = std::shared_ptr<State>(new State{comm, nullptr, 0}, [](State* s) {
       if (s->scratch) cudaFree(s->scratch);
       ncclCommDestroy(s->comm);
@@ -107,7 +111,7 @@ class NcclCommunicator {
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     ncclUniqueId id{};
-    if (rank == 0) detail::check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (rank == 0) cuda_check(ncclGetUniqueId(&id));
     if (MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm) != MPI_SUCCESS)
       throw CommError("MPI_Bcast of the NCCL unique id failed");
     return NcclCommunicator(id, rank, size, stream);
@@ -123,9 +127,8 @@ class NcclCommunicator {
                          ReduceOp op) {
     const auto displacements = check_layout(counts, send.size(), recv.size(), "reduce_scatter");
     if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
-      detail::check_nccl(ncclReduceScatter(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32,
-                                           detail::nccl_op(op), native(), stream_),
-                         "ncclReduceScatter");
+      cuda_check(ncclReduceScatter(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32,
+                                   detail::nccl_op(op), native(), stream_));
       return {};
     }
     detail::per_root_group(
@@ -133,17 +136,15 @@ class NcclCommunicator {
         [&](int root, std::size_t offset, std::size_t count) {
           return ncclReduce(send.data() + offset, root == rank_ ? recv.data() : nullptr, count, ncclFloat32,
                             detail::nccl_op(op), root, native(), stream_);
-        },
-        "ncclReduce");
+        });
     return {};
   }
 
   Request all_gather(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts) {
     const auto displacements = check_layout(counts, recv.size(), send.size(), "all_gather");
     if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
-      detail::check_nccl(ncclAllGather(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32,
-                                       native(), stream_),
-                         "ncclAllGather");
+      cuda_check(ncclAllGather(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32, native(),
+                               stream_));
       return {};
     }
     detail::per_root_group(
@@ -151,8 +152,7 @@ class NcclCommunicator {
         [&](int root, std::size_t offset, std::size_t count) {
           return ncclBroadcast(root == rank_ ? send.data() : nullptr, recv.data() + offset, count, ncclFloat32, root,
                                native(), stream_);
-        },
-        "ncclBroadcast");
+        });
     return {};
   }
 
@@ -160,15 +160,13 @@ class NcclCommunicator {
   template <class T>
   void all_reduce(std::span<T> data, ReduceOp op) {
     if constexpr (std::is_same_v<T, float>) {
-      detail::check_nccl(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, detail::nccl_op(op), native(),
-                                       stream_),
-                         "ncclAllReduce");
+      cuda_check(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, detail::nccl_op(op), native(),
+                               stream_));
     } else {
       if (op == ReduceOp::avg && !std::is_floating_point_v<T>) throw CommError("all_reduce: avg needs a floating-point buffer");
       through_device(data, [&](void* device) {
-        detail::check_nccl(ncclAllReduce(device, device, data.size(), detail::nccl_type<T>(), detail::nccl_op(op),
-                                         native(), stream_),
-                           "ncclAllReduce");
+        cuda_check(ncclAllReduce(device, device, data.size(), detail::nccl_type<T>(), detail::nccl_op(op), native(),
+                                 stream_));
       });
     }
   }
@@ -176,12 +174,10 @@ class NcclCommunicator {
   template <class T>
   void broadcast(std::span<T> data, int root) {
     if constexpr (std::is_same_v<T, float>) {
-      detail::check_nccl(ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat32, root, native(), stream_),
-                         "ncclBroadcast");
+      cuda_check(ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat32, root, native(), stream_));
     } else {
       through_device(data, [&](void* device) {
-        detail::check_nccl(
-            ncclBroadcast(device, device, data.size(), detail::nccl_type<T>(), root, native(), stream_), "ncclBroadcast");
+        cuda_check(ncclBroadcast(device, device, data.size(), detail::nccl_type<T>(), root, native(), stream_));
       });
     }
   }
@@ -205,18 +201,16 @@ class NcclCommunicator {
     const std::size_t bytes = data.size_bytes();
     if (bytes == 0) return;
     if (state_->scratch_bytes < bytes) {
-      if (state_->scratch) detail::check_cuda_call(cudaFree(state_->scratch), "cudaFree");
+      if (state_->scratch) cuda_check(cudaFree(state_->scratch));
       state_->scratch = nullptr;
       state_->scratch_bytes = 0;
-      detail::check_cuda_call(cudaMalloc(&state_->scratch, bytes), "cudaMalloc");
+      cuda_check(cudaMalloc(&state_->scratch, bytes));
       state_->scratch_bytes = bytes;
     }
-    detail::check_cuda_call(cudaMemcpyAsync(state_->scratch, data.data(), bytes, cudaMemcpyHostToDevice, stream_),
-                            "cudaMemcpyAsync");
+    cuda_check(cudaMemcpyAsync(state_->scratch, data.data(), bytes, cudaMemcpyHostToDevice, stream_));
     collective(state_->scratch);
-    detail::check_cuda_call(cudaMemcpyAsync(data.data(), state_->scratch, bytes, cudaMemcpyDeviceToHost, stream_),
-                            "cudaMemcpyAsync");
-    detail::check_cuda_call(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    cuda_check(cudaMemcpyAsync(data.data(), state_->scratch, bytes, cudaMemcpyDeviceToHost, stream_));
+    cuda_check(cudaStreamSynchronize(stream_));
   }
 
   std::vector<std::size_t> check_layout(std::span<const std::int64_t> counts, std::size_t full, std::size_t own,

@@ -47,7 +47,6 @@
 #include "muon/dist/communicator.hpp"
 #include "muon/dist/plan.hpp"
 #include "muon/error.hpp"
-#include "muon/options_json.hpp"
 #include "muon/parameter.hpp"
 #include "muon/state.hpp"
 #include "muon/state_file.hpp"
@@ -61,6 +60,13 @@ struct ZeroOptions {
   // ones batch more Newton–Schulz per call.
   std::int64_t bucket_elements = PlanOptions{}.bucket_elements;
 };
+}  // namespace muon::dist
+template <>
+struct muon::Schema<muon::dist::ZeroOptions> {
+  static constexpr auto fields =
+      std::tuple{field("bucket_elements", &muon::dist::ZeroOptions::bucket_elements, Limits{.min = 1})};
+};
+namespace muon::dist {
 
 template <Backend B, Communicator C>
 class ZeroOptimizer {
@@ -72,7 +78,7 @@ class ZeroOptimizer {
     agree([&] {
       driver_.emplace(backend_, options);
       validate_table(params_);
-      if (zero.bucket_elements < 1) throw InvalidArgument("ZeroOptions.bucket_elements must be >= 1");
+      validate_fields(zero, "ZeroOptions");
       check_same_stream();
     });
     check_ranks_agree(zero);
@@ -134,8 +140,8 @@ class ZeroOptimizer {
   // rank and change nothing. (The plan was balanced for the old Newton–Schulz step count.)
   void set_options(Options options) {
     agree([&] { validate(options); });
-    const std::int64_t mine[] = {hash(to_json(options).dump())};
-    if (first_difference(mine)) throw InvalidArgument("set_options: the Options differ between ranks; pass the same on every rank");
+    if (const auto field = first_differing_field(field_fingerprints(options, "Options")))
+      throw InvalidArgument("set_options: " + *field + " differs between ranks; pass the same Options on every rank");
     for (auto& o : owners_)
       if (o) o->set_rule_options(options.muon, options.adamw);
     driver_->set_options(std::move(options));
@@ -212,10 +218,13 @@ class ZeroOptimizer {
       }
     });
     // A copy per node must be the same file: the step counts and options must agree.
-    const std::int64_t read[] = {state.step, state.skipped_steps, hash(to_json(state.options).dump())};
-    if (first_difference(read))
-      throw StateMismatch("optimizer state '" + path.string() +
-                          "': the ranks read different step counts or options; every rank must read the same file");
+    const std::int64_t read[] = {state.step, state.skipped_steps};
+    std::optional<std::string> differs;
+    if (first_difference(read)) differs = "the step counts";
+    if (const auto field = first_differing_field(field_fingerprints(state.options, "Options"))) differs = *field;
+    if (differs)
+      throw StateMismatch("optimizer state '" + path.string() + "': the ranks read different " + *differs +
+                          "; every rank must read the same file");
     for (std::size_t b = 0; b < owners_.size(); ++b)
       if (owners_[b]) {
         owners_[b]->import_tensors(staged[b]);
@@ -275,16 +284,17 @@ class ZeroOptimizer {
   void check_ranks_agree(const ZeroOptions& zero) {
     std::int64_t table = hash("table");
     for (const Parameter& p : params_) table = hash(std::to_string(hash_parameter(p)), std::bit_cast<std::uint64_t>(table));
-    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table,
-                                 hash(to_json(options()).dump() + "|" + std::to_string(zero.bucket_elements))};
-    const auto differs = first_difference(mine);
-    if (!differs) return;
     const std::string where = " (this is rank " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) +
                               "); every rank must build the same parameter table, in the same order, with the same options";
+    auto fingerprints = field_fingerprints(options(), "Options");
+    for (auto& f : field_fingerprints(zero, "ZeroOptions")) fingerprints.push_back(std::move(f));
+    if (const auto field = first_differing_field(fingerprints)) throw InvalidArgument(*field + " differs between ranks" + where);
+    const std::int64_t mine[] = {static_cast<std::int64_t>(params_.size()), table};
+    const auto differs = first_difference(mine);
+    if (!differs) return;
     if (*differs == 0)
       throw InvalidArgument("parameter tables differ between ranks in length: this rank has " +
                             std::to_string(params_.size()) + " parameters" + where);
-    if (*differs == 2) throw InvalidArgument("Options or ZeroOptions differ between ranks" + where);
     std::vector<std::int64_t> each;
     for (const Parameter& p : params_) each.push_back(hash_parameter(p));
     const std::size_t i = first_difference(each).value_or(0);
@@ -292,6 +302,15 @@ class ZeroOptimizer {
     throw InvalidArgument("parameter tables differ between ranks at entry " + std::to_string(i) + ": here it is '" +
                           p.name + "' with shape " + to_string(p.value.shape) + ", rule " +
                           (route(p) == Rule::muon ? "muon" : "adamw") + where);
+  }
+
+  // The path of the first field whose value differs between the ranks.
+  std::optional<std::string> first_differing_field(const std::vector<FieldFingerprint>& fields) {
+    std::vector<std::int64_t> hashes;
+    for (const FieldFingerprint& f : fields) hashes.push_back(f.hash);
+    const auto i = first_difference(hashes);
+    if (!i) return std::nullopt;
+    return fields[*i].path;
   }
 
   // The first position at which the ranks' values differ (every rank passes as many).

@@ -1,47 +1,55 @@
-// moonlight/train_options.hpp: the training run's settings, read from the "training" object of a
-// run config (examples/moonlight/configs/tiny.json), and their translation into muon::Options.
+// moonlight/train_options.hpp: a training run's settings: the run config's "training" and
+// "muon" objects (examples/moonlight/configs/tiny.json), through their field tables.
 //
-// A run config is {"model": <a Hugging Face DeepseekV3 config.json>, "training": {...}}; every
-// training field is optional (defaults below) and an unknown one is an error, so a typo never
-// silently trains with a default. The optimizer follows Moonlight (docs/moonlight-architecture.md §9): Muon on
-// every matrix with the update scaled to AdamW's RMS, AdamW (0.9, 0.95, 1e-8) on embeddings, the LM
-// head and norms, one lr and one weight decay for both; "adamw" trains everything with AdamW.
+// A run config is {"model": <a Hugging Face DeepseekV3 config.json>, "training": {...},
+// "muon": {...}}. "training" holds the run's own settings (TrainOptions, below); "muon" holds
+// muon::Options, by the core's own field names (muon/options.hpp), except the lr schedule: the
+// run derives it from training.steps and training's schedule shape, so that a longer run
+// stretches its schedule. Every field is optional (Moonlight's defaults: Muon on every matrix
+// with the update scaled to AdamW's RMS, AdamW (0.9, 0.95, 1e-8) on embeddings, the LM head and
+// norms, one lr and one weight decay for both; docs/moonlight-architecture.md §9), and an unknown
+// one is an error naming it, so a typo never silently trains with a default. Both tables also
+// make the `moonlight train` flags (tools/schema_flags.hpp).
 //
-//   auto [config, options] = moonlight::load_run_config("tiny.json");
-//   muon::Options o = moonlight::optimizer_options(options);
+//   const moonlight::RunConfig run = moonlight::load_run_config("tiny.json");
+//   muon::Options o = moonlight::optimizer_options(run);
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <type_traits>
+#include <tuple>
 #include <utility>
 
 #include "moonlight/config.hpp"
 #include "muon/backends/eigen.hpp"
 #include "muon/error.hpp"
 #include "muon/options.hpp"
+#include "muon/options_json.hpp"
+#include "muon/schema.hpp"
 
 namespace moonlight {
+
+// Which parameters Muon takes: Moonlight's split (matrices to Muon, the rest to AdamW), or none.
+enum class OptimizerSplit { muon, adamw };
+// The lr schedule's shape over training.steps.
+enum class LrShape { wsd, cosine, constant };
 
 struct TrainOptions {
   std::int64_t steps = 200;
   std::int64_t seq_len = 64;
   std::int64_t micro_batch = 8;  // sequences per micro-batch on each rank
   std::int64_t grad_accum = 1;   // micro-batches per optimizer step
-  std::string optimizer = "muon";  // "muon" (Muon + AdamW, Moonlight's split) or "adamw"
-  double lr = 2e-3;
-  double weight_decay = 0.1;
-  double max_grad_norm = 1.0;  // global L2 norm; 0 turns clipping off
-  std::string schedule = "wsd";  // "wsd" (warmup-stable-decay), "cosine" or "constant"
+  OptimizerSplit optimizer = OptimizerSplit::muon;  // "adamw" trains everything with AdamW (the baseline)
+  LrShape schedule = LrShape::wsd;  // warmup-stable-decay, Moonlight's warmup then cosine, or constant
   std::int64_t warmup_steps = 20;
   double decay_fraction = 0.2;  // wsd: the share of the steps spent in the final linear decay
-  double final_lr_ratio = 0.1;  // the lr at the end, as a share of `lr` (wsd and cosine)
+  double final_lr_ratio = 0.1;  // the lr at the end, as a share of muon.lr (wsd and cosine)
   double bias_update_rate = 1e-3;  // u of the aux-loss-free bias update; 0 freezes the bias
   double aux_loss_alpha = 0.0;     // α of the sequence-wise balance loss; 0 turns it off
   double val_fraction = 0.05;      // share of the sequences held out for validation
@@ -50,159 +58,122 @@ struct TrainOptions {
   std::int64_t checkpoint_every = 0;  // steps between checkpoints; 0: only at the end
   std::int64_t keep_checkpoints = 2;  // the newest this many are kept
   std::uint64_t seed = 1;             // initial weights and data order
-  // Newton–Schulz's products: "automatic" (bf16 where the CPU has bf16 instructions, else fp32),
-  // "fp32" or "bf16" (muon::NsPrecision).
-  std::string ns_precision = "automatic";
+  // Newton–Schulz's products: bf16 where the CPU has bf16 instructions, else fp32 (automatic).
+  muon::NsPrecision ns_precision = muon::NsPrecision::automatic;
 };
 
-namespace detail {
-
-// Each field once: its JSON name, how to read it and how to write it.
-struct OptionField {
-  std::function<void(TrainOptions&, const nlohmann::json&)> read;
-  std::function<nlohmann::json(const TrainOptions&)> write;
-};
-
-template <class T>
-OptionField option_field(const char* name, T TrainOptions::*member) {
-  return {[name, member](TrainOptions& o, const nlohmann::json& v) {
-            const bool ok = std::is_same_v<T, std::string>    ? v.is_string()
-                            : std::is_floating_point_v<T>     ? v.is_number()
-                            : std::is_unsigned_v<T>           ? v.is_number_unsigned()
-                                                              : v.is_number_integer();
-            if (!ok) throw muon::InvalidArgument("training." + std::string(name) + " is " + v.dump() + ", expected " +
-                                                 (std::is_same_v<T, std::string> ? "a string" : "a number"));
-            o.*member = v.get<T>();
-          },
-          [member](const TrainOptions& o) { return nlohmann::json(o.*member); }};
-}
-
-inline const std::map<std::string, OptionField>& option_fields() {
-  static const std::map<std::string, OptionField> fields{
-      {"steps", option_field("steps", &TrainOptions::steps)},
-      {"seq_len", option_field("seq_len", &TrainOptions::seq_len)},
-      {"micro_batch", option_field("micro_batch", &TrainOptions::micro_batch)},
-      {"grad_accum", option_field("grad_accum", &TrainOptions::grad_accum)},
-      {"optimizer", option_field("optimizer", &TrainOptions::optimizer)},
-      {"lr", option_field("lr", &TrainOptions::lr)},
-      {"weight_decay", option_field("weight_decay", &TrainOptions::weight_decay)},
-      {"max_grad_norm", option_field("max_grad_norm", &TrainOptions::max_grad_norm)},
-      {"schedule", option_field("schedule", &TrainOptions::schedule)},
-      {"warmup_steps", option_field("warmup_steps", &TrainOptions::warmup_steps)},
-      {"decay_fraction", option_field("decay_fraction", &TrainOptions::decay_fraction)},
-      {"final_lr_ratio", option_field("final_lr_ratio", &TrainOptions::final_lr_ratio)},
-      {"bias_update_rate", option_field("bias_update_rate", &TrainOptions::bias_update_rate)},
-      {"aux_loss_alpha", option_field("aux_loss_alpha", &TrainOptions::aux_loss_alpha)},
-      {"val_fraction", option_field("val_fraction", &TrainOptions::val_fraction)},
-      {"eval_every", option_field("eval_every", &TrainOptions::eval_every)},
-      {"eval_sequences", option_field("eval_sequences", &TrainOptions::eval_sequences)},
-      {"checkpoint_every", option_field("checkpoint_every", &TrainOptions::checkpoint_every)},
-      {"keep_checkpoints", option_field("keep_checkpoints", &TrainOptions::keep_checkpoints)},
-      {"seed", option_field("seed", &TrainOptions::seed)},
-      {"ns_precision", option_field("ns_precision", &TrainOptions::ns_precision)},
-  };
-  return fields;
-}
-
-}  // namespace detail
-
-// Throws muon::InvalidArgument naming the first field out of range.
-inline void validate(const TrainOptions& o) {
-  const auto fail = [](const std::string& field, const std::string& what) {
-    throw muon::InvalidArgument("training." + field + " " + what);
-  };
-  for (const auto& [name, value] : {std::pair{"steps", o.steps}, {"seq_len", o.seq_len}, {"micro_batch", o.micro_batch},
-                                    {"grad_accum", o.grad_accum}, {"keep_checkpoints", o.keep_checkpoints}}) {
-    if (value < 1) fail(name, "must be >= 1, got " + std::to_string(value));
-  }
-  for (const auto& [name, value] : {std::pair{"warmup_steps", o.warmup_steps}, {"eval_every", o.eval_every},
-                                    {"eval_sequences", o.eval_sequences}, {"checkpoint_every", o.checkpoint_every}}) {
-    if (value < 0) fail(name, "must be >= 0, got " + std::to_string(value));
-  }
-  if (o.optimizer != "muon" && o.optimizer != "adamw") fail("optimizer", "is '" + o.optimizer + "'; use \"muon\" or \"adamw\"");
-  if (o.schedule != "wsd" && o.schedule != "cosine" && o.schedule != "constant") {
-    fail("schedule", "is '" + o.schedule + "'; use \"wsd\", \"cosine\" or \"constant\"");
-  }
-  if (o.schedule != "constant" && o.warmup_steps >= o.steps) {
-    fail("warmup_steps", "(" + std::to_string(o.warmup_steps) + ") must be below training.steps (" +
-                             std::to_string(o.steps) + ")");
-  }
-  if (o.ns_precision != "automatic" && o.ns_precision != "fp32" && o.ns_precision != "bf16") {
-    fail("ns_precision", "is '" + o.ns_precision + "'; use \"automatic\", \"fp32\" or \"bf16\"");
-  }
-  if (!(o.decay_fraction > 0.0 && o.decay_fraction <= 1.0)) fail("decay_fraction", "must be in (0, 1]");
-  if (!(o.val_fraction >= 0.0 && o.val_fraction < 1.0)) fail("val_fraction", "must be in [0, 1)");
-  for (const auto& [name, value] : {std::pair{"bias_update_rate", o.bias_update_rate}, {"aux_loss_alpha", o.aux_loss_alpha}}) {
-    if (!(value >= 0.0) || !std::isfinite(value)) fail(name, "must be finite and >= 0");
-  }
-  // lr, weight_decay, max_grad_norm and final_lr_ratio are checked by muon::validate(Options).
-}
-
-[[nodiscard]] inline TrainOptions train_options_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw muon::InvalidArgument("\"training\" must be a JSON object, got " + j.dump());
-  TrainOptions o;
-  for (const auto& [key, value] : j.items()) {
-    const auto it = detail::option_fields().find(key);
-    if (it == detail::option_fields().end()) {
-      throw muon::InvalidArgument("training." + key + " is not a training option (see moonlight/train_options.hpp)");
-    }
-    it->second.read(o, value);
-  }
-  validate(o);
-  return o;
-}
-
-[[nodiscard]] inline nlohmann::json to_json(const TrainOptions& o) {
-  nlohmann::json j = nlohmann::json::object();
-  for (const auto& [key, field] : detail::option_fields()) j[key] = field.write(o);
-  return j;
+// The optimizer's defaults for a Moonlight run, where they differ from muon::Options's.
+[[nodiscard]] inline muon::Options default_run_optimizer() {
+  return {.lr = 2e-3, .weight_decay = 0.1, .max_grad_norm = 1.0};
 }
 
 struct RunConfig {
   Config model;
-  TrainOptions training;
+  TrainOptions training{};
+  muon::Options muon = default_run_optimizer();  // its schedule is derived (optimizer_options)
 };
 
-[[nodiscard]] inline RunConfig load_run_config(const std::filesystem::path& path) {
+}  // namespace moonlight
+
+template <>
+struct muon::EnumNames<moonlight::OptimizerSplit> {
+  static constexpr std::array names{std::pair{moonlight::OptimizerSplit::muon, "muon"},
+                                    std::pair{moonlight::OptimizerSplit::adamw, "adamw"}};
+};
+template <>
+struct muon::EnumNames<moonlight::LrShape> {
+  static constexpr std::array names{std::pair{moonlight::LrShape::wsd, "wsd"}, std::pair{moonlight::LrShape::cosine, "cosine"},
+                                    std::pair{moonlight::LrShape::constant, "constant"}};
+};
+template <>
+struct muon::Schema<moonlight::TrainOptions> {
+  using T = moonlight::TrainOptions;
+  static constexpr auto fields = std::tuple{
+      field("steps", &T::steps, Limits{.min = 1}),
+      field("seq_len", &T::seq_len, Limits{.min = 1}),
+      field("micro_batch", &T::micro_batch, Limits{.min = 1}),
+      field("grad_accum", &T::grad_accum, Limits{.min = 1}),
+      field("optimizer", &T::optimizer),
+      field("schedule", &T::schedule),
+      field("warmup_steps", &T::warmup_steps, kNonNegative),
+      field("decay_fraction", &T::decay_fraction, Limits{.min = 0.0, .max = 1.0, .min_open = true}),
+      field("final_lr_ratio", &T::final_lr_ratio, kFraction),
+      field("bias_update_rate", &T::bias_update_rate, kNonNegative),
+      field("aux_loss_alpha", &T::aux_loss_alpha, kNonNegative),
+      field("val_fraction", &T::val_fraction, kUnitInterval),
+      field("eval_every", &T::eval_every, kNonNegative),
+      field("eval_sequences", &T::eval_sequences, kNonNegative),
+      field("checkpoint_every", &T::checkpoint_every, kNonNegative),
+      field("keep_checkpoints", &T::keep_checkpoints, Limits{.min = 1}),
+      field("seed", &T::seed),
+      field("ns_precision", &T::ns_precision)};
+  static void check(const T& o, const std::string& path) {
+    if (o.schedule != moonlight::LrShape::constant && o.warmup_steps >= o.steps)
+      throw InvalidArgument(path + ".warmup_steps (" + std::to_string(o.warmup_steps) + ") must be below " + path +
+                            ".steps (" + std::to_string(o.steps) + ")");
+  }
+};
+
+namespace moonlight {
+
+// The run config's sections, by the names its JSON uses.
+[[nodiscard]] inline nlohmann::json to_json(const RunConfig& run) {
+  nlohmann::json muon = muon::to_json(run.muon);
+  muon.erase("schedule");
+  return {{"model", run.model.json}, {"training", muon::to_json(run.training)}, {"muon", std::move(muon)}};
+}
+
+// Reads a run config's JSON; `source` names it in errors (a file, or a checkpoint).
+[[nodiscard]] inline RunConfig run_config_from_json(const nlohmann::json& j, const std::string& source) {
+  const auto fail = [&](const std::string& what) { throw muon::InvalidArgument("run config '" + source + "': " + what); };
+  if (!j.is_object() || !j.contains("model"))
+    fail("needs a \"model\" object (a DeepseekV3 config.json) and may have \"training\" and \"muon\" objects");
+  for (const auto& [key, value] : j.items())
+    if (key != "model" && key != "training" && key != "muon")
+      fail("unknown key \"" + key + "\"; use \"model\", \"training\" and \"muon\"");
+  if (j.contains("muon") && j.at("muon").is_object() && j.at("muon").contains("schedule"))
+    fail("muon.schedule is derived from training.schedule, training.warmup_steps, training.decay_fraction and "
+         "training.final_lr_ratio over training.steps; set those instead");
+  try {
+    RunConfig run{Config::from_json(j.at("model"))};
+    if (j.contains("training"))
+      run.training = muon::from_json<TrainOptions>(j.at("training"), "training", muon::MissingFields::keep);
+    if (j.contains("muon"))
+      run.muon = muon::from_json<muon::Options>(j.at("muon"), "muon", muon::MissingFields::keep, default_run_optimizer());
+    return run;
+  } catch (const muon::InvalidArgument& e) {  // ConfigError included: the message names the field
+    fail(e.what());
+  }
+  return {};
+}
+
+// A run config file's JSON, unchecked (the command line patches it before run_config_from_json).
+[[nodiscard]] inline nlohmann::json read_run_config(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in) throw muon::FileError("cannot open run config '" + path.string() + "'; check the --config path");
-  nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in);
   } catch (const nlohmann::json::parse_error& e) {
     throw muon::FileError("run config '" + path.string() + "' is not valid JSON: " + e.what());
   }
-  const auto where = [&](const std::exception& e) { return "run config '" + path.string() + "': " + e.what(); };
-  if (!j.is_object() || !j.contains("model")) {
-    throw muon::InvalidArgument("run config '" + path.string() +
-                                "' needs a \"model\" object (a DeepseekV3 config.json) and may have a \"training\" object");
-  }
-  for (const auto& [key, value] : j.items()) {
-    if (key != "model" && key != "training") {
-      throw muon::InvalidArgument("run config '" + path.string() + "': unknown key \"" + key + "\"; use \"model\" and \"training\"");
-    }
-  }
-  try {
-    return {Config::from_json(j.at("model")), j.contains("training") ? train_options_from_json(j.at("training")) : TrainOptions{}};
-  } catch (const muon::InvalidArgument& e) {  // ConfigError included: the message names the field
-    throw muon::InvalidArgument(where(e));
-  }
+}
+
+[[nodiscard]] inline RunConfig load_run_config(const std::filesystem::path& path) {
+  return run_config_from_json(read_run_config(path), path.string());
 }
 
 // The CPU backend of a run: its Newton–Schulz precision.
-[[nodiscard]] inline muon::EigenOptions backend_options(const TrainOptions& o) {
-  return {.ns_precision = o.ns_precision == "fp32"   ? muon::NsPrecision::fp32
-                          : o.ns_precision == "bf16" ? muon::NsPrecision::bf16
-                                                     : muon::NsPrecision::automatic};
-}
+[[nodiscard]] inline muon::EigenOptions backend_options(const TrainOptions& o) { return {.ns_precision = o.ns_precision}; }
 
-// The core optimizer's settings for a run: Moonlight's defaults with the run's lr, decay, clipping
-// and schedule. The schedule's steps are optimizer steps.
-[[nodiscard]] inline muon::Options optimizer_options(const TrainOptions& o) {
-  muon::Options options{.lr = o.lr, .weight_decay = o.weight_decay, .max_grad_norm = o.max_grad_norm};
-  if (o.schedule == "cosine") {
+// The core optimizer's settings for a run: run.muon with the schedule derived from training (its
+// steps are optimizer steps).
+[[nodiscard]] inline muon::Options optimizer_options(const RunConfig& run) {
+  const TrainOptions& o = run.training;
+  muon::Options options = run.muon;
+  options.schedule = muon::ConstantLr{};
+  if (o.schedule == LrShape::cosine) {
     options.schedule = muon::WarmupCosine{.warmup_steps = o.warmup_steps, .total_steps = o.steps, .final_ratio = o.final_lr_ratio};
-  } else if (o.schedule == "wsd") {
+  } else if (o.schedule == LrShape::wsd) {
     const auto decay = std::max<std::int64_t>(1, std::llround(o.decay_fraction * static_cast<double>(o.steps)));
     options.schedule = muon::WarmupStableDecay{.warmup_steps = o.warmup_steps,
                                                .stable_steps = std::max<std::int64_t>(0, o.steps - o.warmup_steps - decay),

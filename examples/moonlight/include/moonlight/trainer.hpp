@@ -69,12 +69,12 @@ inline void initialize_weights(Weights& w, const Config& c, std::uint64_t seed) 
 
 // The optimizer's table: every weight except the routers' e_score_correction_bias, which the
 // balancing rule moves instead (it gets no gradient, and AdamW's decay would shrink it).
-// "adamw" puts every tensor under AdamW, for the baseline.
+// OptimizerSplit::adamw puts every tensor under AdamW, for the baseline.
 inline std::vector<muon::Parameter> training_parameters(Weights& w, std::span<const float> grads,
-                                                        const std::string& optimizer) {
+                                                        OptimizerSplit optimizer) {
   std::vector<muon::Parameter> table = w.parameter_table(grads);
   std::erase_if(table, [](const muon::Parameter& p) { return p.name.ends_with(".e_score_correction_bias"); });
-  if (optimizer == "adamw")
+  if (optimizer == OptimizerSplit::adamw)
     for (muon::Parameter& p : table) p.rule = muon::Rule::adamw;
   return table;
 }
@@ -126,7 +126,7 @@ class Trainer {
         weights_(run_.model),
         grads_(weights_.data().size(), 0.0f),
         optimizer_(training_parameters(weights_, grads_, run_.training.optimizer),
-                   optimizer_options(run_.training), std::move(comm),
+                   optimizer_options(run_), std::move(comm),
                    muon::EigenBackend(backend_options(run_.training))),
         order_(data.train_count(), run_.training.seed) {
     initialize_weights(weights_, run_.model, run_.training.seed);
@@ -144,7 +144,7 @@ class Trainer {
   void resume(const VerifiedCheckpoint& checkpoint) {
     const Weights loaded = Weights::load(checkpoint.dir, run_.model);
     optimizer_.load(checkpoint.dir / "optimizer.safetensors");
-    optimizer_.set_options(optimizer_options(run_.training));
+    optimizer_.set_options(optimizer_options(run_));
     if (step() != checkpoint.step)
       throw muon::StateMismatch("checkpoint '" + checkpoint.dir.string() + "' is of step " +
                                 std::to_string(checkpoint.step) + " but its optimizer state has taken " +
@@ -313,8 +313,7 @@ class Trainer {
     if (!rank0()) return;
     weights_.save(staging, run_.model);
     std::filesystem::copy_file(tokenizer_file_, staging / "tiktoken.model");
-    nlohmann::json run{{"model", run_.model.json}, {"training", to_json(run_.training)}};
-    commit_checkpoint(run_dir_, step(), staging, {{"tokens", tokens_}, {"data", data_identity_}, {"run", std::move(run)}},
+    commit_checkpoint(run_dir_, step(), staging, {{"tokens", tokens_}, {"data", data_identity_}, {"run", to_json(run_)}},
                       run_.training.keep_checkpoints);
   }
 

@@ -1,0 +1,108 @@
+// One field table per options struct (muon/schema.hpp): every field of every options struct set
+// away from its default survives each place options travel, and validation names the field.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <muon/backends/eigen.hpp>
+#include <muon/dist/self.hpp>
+#include <muon/dist/zero1.hpp>
+#include <muon/muon.hpp>
+#include <muon/options_json.hpp>
+#include <muon/state_file.hpp>
+#include <string>
+#include <vector>
+
+#include "custom_options.hpp"
+#include "temp_dir.hpp"
+
+namespace {
+
+using muon::test::custom_options;
+using muon::test::differing_fields;
+
+std::vector<float> values_from(unsigned seed, std::size_t n) {
+  std::vector<float> v(n);
+  for (float& x : v) {
+    seed = seed * 1664525u + 1013904223u;
+    x = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
+  }
+  return v;
+}
+
+struct Model {
+  std::vector<float> w = values_from(1, 16 * 40), emb = values_from(2, 30 * 8);
+  std::vector<float> dw = values_from(3, w.size()), demb = values_from(4, emb.size());
+  std::vector<muon::Parameter> table() {
+    return {{"w", muon::Role::matrix, {w.data(), {16, 40}}, {dw.data(), {16, 40}}},
+            {"emb", muon::Role::embedding, {emb.data(), {30, 8}}, {demb.data(), {30, 8}}}};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the custom options set every field of every options struct away from its default") {
+  CHECK(muon::test::fields_at_default(custom_options()).empty());
+  muon::validate(custom_options());
+}
+
+TEST_CASE("options round-trip through JSON, every field") {
+  const muon::Options o = custom_options();
+  CHECK(differing_fields(muon::options_from_json(muon::to_json(o)), o).empty());
+  // A run config gives some fields; the others keep their defaults.
+  const auto partial = muon::from_json<muon::Options>({{"muon", {{"ns", {{"steps", 7}}}}}}, "Options",
+                                                      muon::MissingFields::keep);
+  CHECK(partial.muon.ns.steps == 7);
+  CHECK(differing_fields(partial, muon::Options{}) == std::vector<std::string>{"Options.muon.ns.steps"});
+}
+
+TEST_CASE("reading options names the field at fault and what it expected") {
+  nlohmann::json j = muon::to_json(custom_options());
+  const auto fails_with = [](const nlohmann::json& bad, const char* text) {
+    CHECK_THROWS_WITH_AS(muon::options_from_json(bad), doctest::Contains(text), muon::InvalidArgument);
+  };
+  auto missing = j;
+  missing["muon"]["ns"].erase("gram_restart");
+  fails_with(missing, "Options.muon.ns.gram_restart is missing");
+  auto unknown = j;
+  unknown["muon"]["nesterv"] = true;
+  fails_with(unknown, "Options.muon.nesterv is not an option");
+  auto mistyped = j;
+  mistyped["muon"]["ns"]["steps"] = "five";
+  fails_with(mistyped, "Options.muon.ns.steps is \"five\", expected an integer");
+  auto bad_enum = j;
+  bad_enum["muon"]["ns"]["method"] = "fast";
+  fails_with(bad_enum, "expected \"automatic\", \"plain\" or \"gram\"");
+  auto bad_kind = j;
+  bad_kind["schedule"]["kind"] = "linear";
+  fails_with(bad_kind, "Options.schedule.kind is \"linear\"");
+  auto out_of_range = j;
+  out_of_range["adamw"]["beta2"] = 1.0;
+  fails_with(out_of_range, "Options.adamw.beta2 must be finite and in [0, 1), got 1");
+}
+
+TEST_CASE("options round-trip through the state file, every field") {
+  const muon::test::TempDir dir("muon_options_schema");
+  const auto path = dir / "state.safetensors";
+  Model a, b;
+  muon::Optimizer<muon::EigenBackend> saved(a.table(), custom_options());
+  (void)saved.step();
+  muon::save_state(saved, path);
+  muon::Optimizer<muon::EigenBackend> loaded(b.table());
+  muon::load_state(loaded, path);
+  CHECK(differing_fields(loaded.options(), custom_options()).empty());
+}
+
+TEST_CASE("options round-trip through ZeRO-1's agreement, its file and its load, every field") {
+  const muon::test::TempDir dir("muon_options_schema");
+  const auto path = dir / "zero.safetensors";
+  using Zero = muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::SelfCommunicator>;
+  Model a, b;
+  Zero agreed(a.table(), custom_options(), {});
+  CHECK(differing_fields(agreed.options(), custom_options()).empty());
+  (void)agreed.step();
+  agreed.save(path);
+  Zero loaded(b.table(), muon::Options{}, {});
+  loaded.load(path);
+  CHECK(differing_fields(loaded.options(), custom_options()).empty());
+  CHECK(loaded.step_count() == 1);
+}
