@@ -1,10 +1,10 @@
 // The LibTorch adapter's overhead: one optimizer step over the same Moonlight-shaped table
-// (moonlight_table.hpp) through muon::torch::Muon (TorchBackend, LibTorch ops on CPU tensors)
+// (moonlight_table.hpp) through muon::libtorch::Muon (TorchBackend, LibTorch ops on CPU tensors)
 // and through the core's Eigen backend, in the same run.
 #include <benchmark/benchmark.h>
 
 #include <muon/backends/eigen.hpp>
-#include <muon/torch/muon.hpp>
+#include <muon/libtorch/muon.hpp>
 
 #include "moonlight_table.hpp"
 
@@ -19,10 +19,10 @@ void BM_step_torch_adapter(benchmark::State& state) {
     (t.role == muon::Role::matrix ? muon_params : adamw_params).push_back(p);
   }
   std::vector<::torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(muon_params, std::make_unique<muon::torch::MuonOptions>(muon::torch::MuonOptions(1e-4)));
+  groups.emplace_back(muon_params, std::make_unique<muon::libtorch::MuonOptions>(muon::libtorch::MuonOptions(1e-4)));
   groups.emplace_back(adamw_params,
-                      std::make_unique<muon::torch::MuonOptions>(muon::torch::MuonOptions(1e-4).role(muon::Rule::adamw)));
-  muon::torch::Muon opt(std::move(groups));
+                      std::make_unique<muon::libtorch::MuonOptions>(muon::libtorch::MuonOptions(1e-4).role(muon::Rule::adamw)));
+  muon::libtorch::Muon opt(std::move(groups));
   for (auto _ : state) benchmark::DoNotOptimize(opt.step());
 }
 BENCHMARK(BM_step_torch_adapter)->Unit(benchmark::kMillisecond)->UseRealTime();

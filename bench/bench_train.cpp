@@ -16,11 +16,11 @@
 #include <moonlight/corpus.hpp>
 #include <moonlight/train_options.hpp>
 #include <moonlight/trainer.hpp>
-#include <muon/dist/self.hpp>
+#include <muon/distributed/self.hpp>
 
 namespace {
 
-using Trainer = moonlight::Trainer<muon::dist::SelfCommunicator>;
+using Trainer = moonlight::Trainer<muon::distributed::SelfCommunicator>;
 
 moonlight::PackedSequences random_tokens(std::int64_t seq_len, std::int64_t sequences) {
   moonlight::TokenStream s;
@@ -39,7 +39,7 @@ void BM_train_step(benchmark::State& state, moonlight::OptimizerSplit optimizer)
   run.training.steps = 1000000;  // the schedule never ends during the benchmark
   const moonlight::PackedSequences data = random_tokens(run.training.seq_len, 512);
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("bench_train_" + std::to_string(::getpid()));
-  auto trainer = std::make_unique<Trainer>(run, data, MOONLIGHT_TOKENIZER, dir, muon::dist::SelfCommunicator{});
+  auto trainer = std::make_unique<Trainer>(run, data, MOONLIGHT_TOKENIZER, dir, muon::distributed::SelfCommunicator{});
   for (int i = 0; i < 2; ++i) (void)trainer->train_step();  // warm-up: first-touch of state and buffers
   double step_s = 0.0, optimizer_s = 0.0, tokens = 0.0;
   for (auto _ : state) {

@@ -15,8 +15,8 @@
 
 #include <chrono>
 #include <muon/backends/eigen.hpp>
-#include <muon/dist/mpi.hpp>
-#include <muon/dist/zero1.hpp>
+#include <muon/distributed/mpi.hpp>
+#include <muon/distributed/zero1.hpp>
 #include <muon/muon.hpp>
 #include <random>
 
@@ -26,7 +26,7 @@
 namespace {
 
 using muon::Rule;
-using muon::dist::TensorInfo;
+using muon::distributed::TensorToShard;
 
 struct Designs {
   double ours = 0, algorithm1 = 0, bucket_gather = 0;  // max bytes per rank per step
@@ -34,7 +34,7 @@ struct Designs {
 };
 
 // Ring receive volumes per rank: reduce-scatter and all-gather (fp32) of everything not owned.
-Designs compare_designs(const std::vector<TensorInfo>& table, const muon::dist::Plan& plan) {
+Designs compare_designs(const std::vector<TensorToShard>& table, const muon::distributed::Plan& plan) {
   const int n = plan.world;
   const double total = static_cast<double>(plan.total_elements), f = (n - 1.0) / n;
   Designs d;
@@ -48,7 +48,7 @@ Designs compare_designs(const std::vector<TensorInfo>& table, const muon::dist::
     const double size = static_cast<double>(muon::numel(t.shape));
     if (t.rule == Rule::muon) {
       const auto rows = t.shape[t.shape.size() - 2], cols = t.shape.back();
-      const double matrix = static_cast<double>(rows * cols), cost = muon::dist::ns_cost(rows, cols, 5);
+      const double matrix = static_cast<double>(rows * cols), cost = muon::distributed::ns_cost(rows, cols, 5);
       for (double at = offset; at < offset + size; at += matrix) {
         const int first = static_cast<int>(at / slice), last = static_cast<int>((at + matrix - 1) / slice);
         d.ns_needed += cost;
@@ -75,8 +75,8 @@ Designs compare_designs(const std::vector<TensorInfo>& table, const muon::dist::
 void BM_plan_moonlight(benchmark::State& state) {
   const auto table = muon::test::moonlight_16b_table();
   const int world = static_cast<int>(state.range(0));
-  muon::dist::Plan plan;
-  for (auto _ : state) benchmark::DoNotOptimize(plan = muon::dist::plan_zero1(table, world));
+  muon::distributed::Plan plan;
+  for (auto _ : state) benchmark::DoNotOptimize(plan = muon::distributed::plan_zero1(table, world));
   std::int64_t state_total = 0, state_max = 0;
   for (const auto& r : plan.ranks) {
     state_total += r.state_elements();
@@ -127,8 +127,8 @@ void time_collectively(benchmark::State& state, F&& step) {
 
 void BM_zero_step(benchmark::State& state) {
   Model model;
-  muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::MpiCommunicator> opt(model.params, {.lr = 1e-4},
-                                                                                 muon::dist::MpiCommunicator{});
+  muon::distributed::ZeroOptimizer<muon::EigenBackend, muon::distributed::MpiCommunicator> opt(model.params, {.lr = 1e-4},
+                                                                                 muon::distributed::MpiCommunicator{});
   time_collectively(state, [&] { benchmark::DoNotOptimize(opt.step()); });
   state.counters["ranks"] = opt.communicator().size();
   state.counters["state_MiB/rank"] = static_cast<double>(opt.state_elements()) * 4 / (1 << 20);
@@ -153,7 +153,7 @@ class SilentReporter : public benchmark::BenchmarkReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  muon::dist::MpiEnvironment mpi(argc, argv);
+  muon::distributed::MpiEnvironment mpi(argc, argv);
   benchmark::Initialize(&argc, argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

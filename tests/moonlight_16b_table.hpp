@@ -5,17 +5,17 @@
 // only: the ZeRO-1 planner test and bench plan the real model without allocating it.
 #pragma once
 
-#include <muon/dist/plan.hpp>
+#include <muon/distributed/plan.hpp>
 #include <string>
 #include <vector>
 
 namespace muon::test {
 
-inline std::vector<dist::TensorInfo> moonlight_16b_table() {
+inline std::vector<distributed::TensorToShard> moonlight_16b_table() {
   constexpr std::int64_t hidden = 2048, vocab = 163840, dense = 11264, expert = 1408, shared = 2 * 1408;
   constexpr int layers = 27, experts = 64;
-  using dist::TensorInfo;
-  std::vector<TensorInfo> t{{"model.embed_tokens.weight", {vocab, hidden}, Rule::adamw}};
+  using distributed::TensorToShard;
+  std::vector<TensorToShard> t{{"model.embed_tokens.weight", {vocab, hidden}, Rule::adamw}};
   for (int i = 0; i < layers; ++i) {
     const std::string l = "model.layers." + std::to_string(i) + ".";
     t.push_back({l + "input_layernorm.weight", {hidden}, Rule::adamw});

@@ -6,12 +6,12 @@
 #include <doctest/doctest.h>
 #include <mpi.h>
 
-#include "muon/dist/mpi.hpp"
+#include "muon/distributed/mpi.hpp"
 
 namespace muon::test {
 
 inline int run_doctest_under_mpi(int argc, char** argv) {
-  muon::dist::MpiEnvironment mpi(argc, argv);
+  muon::distributed::MpiEnvironment mpi(argc, argv);
   int failed = 0;
   {
     doctest::Context context(argc, argv);

@@ -4,8 +4,8 @@
 
 #include <filesystem>
 #include <muon/backends/eigen.hpp>
-#include <muon/dist/self.hpp>
-#include <muon/dist/zero1.hpp>
+#include <muon/distributed/self.hpp>
+#include <muon/distributed/zero1.hpp>
 #include <muon/muon.hpp>
 #include <muon/options_json.hpp>
 #include <muon/state_file.hpp>
@@ -95,7 +95,7 @@ TEST_CASE("options round-trip through the state file, every field") {
 TEST_CASE("options round-trip through ZeRO-1's agreement, its file and its load, every field") {
   const muon::test::TempDir dir("muon_options_schema");
   const auto path = dir / "zero.safetensors";
-  using Zero = muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::SelfCommunicator>;
+  using Zero = muon::distributed::ZeroOptimizer<muon::EigenBackend, muon::distributed::SelfCommunicator>;
   Model a, b;
   Zero agreed(a.table(), custom_options(), {});
   CHECK(differing_fields(agreed.options(), custom_options()).empty());

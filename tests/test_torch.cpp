@@ -4,7 +4,7 @@
 #include <limits>
 #include <muon/backends/eigen.hpp>
 #include <muon/io/safetensors.hpp>
-#include <muon/torch/muon.hpp>
+#include <muon/libtorch/muon.hpp>
 
 // LibTorch brings glog, whose CHECK macro would silently replace doctest's: use doctest's
 // prefixed names only.
@@ -15,7 +15,7 @@
 
 namespace {
 
-using muon::torch::MuonOptions;
+using muon::libtorch::MuonOptions;
 
 // A hidden matrix, an expert stack and a bias; gradients are fresh per step from a seed.
 struct Net {
@@ -56,7 +56,7 @@ DOCTEST_TEST_CASE("the adapter equals the core's Eigen backend on the same data"
   copy_in(net.params[1], w1);
   copy_in(net.params[2], b);
   const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
-  muon::torch::Muon adapter(net.groups(options));
+  muon::libtorch::Muon adapter(net.groups(options));
   muon::Optimizer<muon::EigenBackend> core({{"w", muon::Role::matrix, {w0.data(), {24, 16}}, {g0.data(), {24, 16}}},
                                             {"e", muon::Role::matrix, {w1.data(), {3, 12, 16}}, {g1.data(), {3, 12, 16}}},
                                             {"b", muon::Role::bias, {b.data(), {16}}, {gb.data(), {16}}}},
@@ -100,7 +100,7 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
     } else {
       o.role(muon::Rule::adamw);
     }
-    muon::torch::Muon opt(std::vector<::torch::Tensor>{param}, o);
+    muon::libtorch::Muon opt(std::vector<::torch::Tensor>{param}, o);
     double worst = 0.0;
     for (int t = 1; t <= 5; ++t) {
       auto g = file.to_float("G" + std::to_string(t));
@@ -122,23 +122,23 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
 DOCTEST_TEST_CASE("a parameter Muon cannot take, or a sparse gradient, gets a clear error") {
   auto vec = ::torch::zeros({8});
   vec.mutable_grad() = ::torch::ones({8});
-  muon::torch::Muon one_d(std::vector<::torch::Tensor>{vec});
+  muon::libtorch::Muon one_d(std::vector<::torch::Tensor>{vec});
   DOCTEST_CHECK_THROWS_WITH_AS(one_d.step(), doctest::Contains("group0.param0"), muon::InvalidArgument);
 
   auto emb = ::torch::zeros({10, 4});
   emb.mutable_grad() = ::torch::zeros({10, 4}).to_sparse();
-  muon::torch::Muon sparse(std::vector<::torch::Tensor>{emb}, MuonOptions().role(muon::Rule::adamw));
+  muon::libtorch::Muon sparse(std::vector<::torch::Tensor>{emb}, MuonOptions().role(muon::Rule::adamw));
   DOCTEST_CHECK_THROWS_WITH_AS(sparse.step(), doctest::Contains("sparse gradient"), muon::InvalidArgument);
 
   auto half = ::torch::zeros({4, 4}, ::torch::kDouble);
   half.mutable_grad() = ::torch::ones({4, 4}, ::torch::kDouble);
-  muon::torch::Muon f64(std::vector<::torch::Tensor>{half});
+  muon::libtorch::Muon f64(std::vector<::torch::Tensor>{half});
   DOCTEST_CHECK_THROWS_WITH_AS(f64.step(), doctest::Contains("float32"), muon::InvalidArgument);
 }
 
 DOCTEST_TEST_CASE("a NaN gradient in any group rejects the whole step and changes nothing") {
   Net net(2);
-  muon::torch::Muon opt(net.groups(MuonOptions(0.02)));
+  muon::libtorch::Muon opt(net.groups(MuonOptions(0.02)));
   net.set_gradients(7);
   opt.step();
   net.set_gradients(8);
@@ -153,7 +153,7 @@ DOCTEST_TEST_CASE("a NaN step is skipped and counted once when the defaults say 
   Net net(4);
   muon::Options core{.lr = 0.02};
   core.on_non_finite = muon::OnNonFinite::skip;
-  muon::torch::Muon opt(net.groups(MuonOptions(core)), MuonOptions(core));
+  muon::libtorch::Muon opt(net.groups(MuonOptions(core)), MuonOptions(core));
   net.set_gradients(9);
   net.params[0].mutable_grad()[0][0] = std::numeric_limits<float>::quiet_NaN();
   std::vector<::torch::Tensor> before;
@@ -168,7 +168,7 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
   const auto path = temp_path("resume.pt");
   const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
   Net full(3), first(3);
-  muon::torch::Muon uninterrupted(full.groups(options)), before(first.groups(options));
+  muon::libtorch::Muon uninterrupted(full.groups(options)), before(first.groups(options));
   for (int step = 0; step < 4; ++step) {
     full.set_gradients(50 + step);
     uninterrupted.step();
@@ -180,7 +180,7 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
   ::torch::save(before, path.string());
   Net resumed(3);
   for (std::size_t i = 0; i < resumed.params.size(); ++i) resumed.params[i].copy_(first.params[i]);
-  muon::torch::Muon after(resumed.groups(MuonOptions(5.0)));  // loading replaces these options
+  muon::libtorch::Muon after(resumed.groups(MuonOptions(5.0)));  // loading replaces these options
   ::torch::load(after, path.string());
   DOCTEST_CHECK(static_cast<MuonOptions&>(after.param_groups()[0].options()).lr() == 0.02);
   for (int step = 2; step < 4; ++step) {
@@ -194,11 +194,11 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
 DOCTEST_TEST_CASE("group options round-trip through torch::save and torch::load, every field") {
   const auto path = temp_path("options.pt");
   Net net(3), other(3);
-  muon::torch::Muon saved(net.groups(MuonOptions(muon::test::custom_options())));
+  muon::libtorch::Muon saved(net.groups(MuonOptions(muon::test::custom_options())));
   net.set_gradients(5);
   saved.step();
   ::torch::save(saved, path.string());
-  muon::torch::Muon loaded(other.groups(MuonOptions(1.0)));
+  muon::libtorch::Muon loaded(other.groups(MuonOptions(1.0)));
   ::torch::load(loaded, path.string());
   DOCTEST_CHECK(loaded.step_count() == 1);
   for (auto& group : loaded.param_groups())
@@ -217,13 +217,13 @@ DOCTEST_TEST_CASE("moonlight_param_groups routes by Moonlight's policy, with pat
       register_module("lm_head", ::torch::nn::Linear(::torch::nn::LinearOptions(8, 50).bias(false)));
     }
   } tiny;
-  const auto groups = muon::torch::moonlight_param_groups(tiny, MuonOptions(1e-3));
+  const auto groups = muon::libtorch::moonlight_param_groups(tiny, MuonOptions(1e-3));
   DOCTEST_REQUIRE(groups.size() == 2);
   DOCTEST_CHECK(static_cast<const MuonOptions&>(groups[0].options()).role() == muon::Rule::muon);
   DOCTEST_CHECK(groups[0].params().size() == 1);  // up_proj.weight
   DOCTEST_CHECK(groups[0].params()[0].sizes().vec() == std::vector<std::int64_t>{16, 8});
   DOCTEST_CHECK(static_cast<const MuonOptions&>(groups[1].options()).role() == muon::Rule::adamw);
   DOCTEST_CHECK(groups[1].params().size() == 5);  // embedding, up_proj.bias, norm weight and bias, lm_head
-  const auto all_muon = muon::torch::moonlight_param_groups(tiny, MuonOptions(1e-3), {});
+  const auto all_muon = muon::libtorch::moonlight_param_groups(tiny, MuonOptions(1e-3), {});
   DOCTEST_CHECK(all_muon[0].params().size() == 3);  // no name patterns: every 2-D tensor goes to Muon
 }

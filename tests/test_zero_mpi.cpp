@@ -12,24 +12,24 @@
 #include <filesystem>
 #include <limits>
 #include <muon/backends/eigen.hpp>
-#include <muon/dist/mpi.hpp>
-#include <muon/dist/zero1.hpp>
+#include <muon/distributed/mpi.hpp>
+#include <muon/distributed/zero1.hpp>
 #include <muon/optimizer.hpp>
 #include <muon/state_file.hpp>
 #include <optional>
 
 #include "zero_support.hpp"
 
-using muon::dist::MpiCommunicator;
+using muon::distributed::MpiCommunicator;
 using muon::test::ZeroModel;
-using Zero = muon::dist::ZeroOptimizer<muon::EigenBackend, MpiCommunicator>;
+using Zero = muon::distributed::ZeroOptimizer<muon::EigenBackend, MpiCommunicator>;
 using Single = muon::Optimizer<muon::EigenBackend>;
 
 namespace {
 
 const muon::Options kOptions{.lr = 0.02, .weight_decay = 0.1};
 // Small buckets, so that every rank owns pieces in several buckets and the overlap path runs.
-const muon::dist::ZeroOptions kZero{.bucket_elements = 300};
+const muon::distributed::ZeroOptions kZero{.bucket_elements = 300};
 
 // The ranks [0, size) of `world` as a communicator of their own; nullopt on the others.
 std::optional<MpiCommunicator> first_ranks(const MpiCommunicator& world, int size) {
@@ -67,7 +67,7 @@ TEST_CASE("after K steps every rank's parameters equal the single-process optimi
   CHECK(zm.values() == ref.values());
   // State only on the owners: the ranks' buffers add up to the single-process optimizer's.
   std::int64_t held[] = {zero.state_elements()};
-  comm.all_reduce(std::span<std::int64_t>(held), muon::dist::ReduceOp::sum);
+  comm.all_reduce(std::span<std::int64_t>(held), muon::distributed::ReduceOp::sum);
   CHECK(held[0] == single.state_elements());
   if (comm.size() > 1) CHECK(zero.state_elements() < single.state_elements());
 }
@@ -174,7 +174,7 @@ TEST_CASE("parameter tables or options that differ between ranks are rejected on
   try {
     Zero zero(table, kOptions, comm);
     FAIL("a duplicate name on the last rank was accepted");
-  } catch (const muon::dist::CommError& e) {
+  } catch (const muon::distributed::CommError& e) {
     CHECK(!last);
     CHECK(std::string(e.what()).find("rank " + std::to_string(comm.size() - 1) + " failed") != std::string::npos);
     CHECK(std::string(e.what()).find("appears twice") != std::string::npos);
@@ -192,7 +192,7 @@ TEST_CASE("parameter tables or options that differ between ranks are rejected on
   CHECK_THROWS_WITH_AS(Zero(zm.table(), options, comm), doctest::Contains("Options.muon.ns.method differs between ranks"),
                        muon::InvalidArgument);
   // Another bucket size would give another layout, and mismatched collectives.
-  const muon::dist::ZeroOptions zero{.bucket_elements = last ? 1000 : 300};
+  const muon::distributed::ZeroOptions zero{.bucket_elements = last ? 1000 : 300};
   CHECK_THROWS_WITH_AS(Zero(zm.table(), kOptions, comm, {}, zero),
                        doctest::Contains("ZeroOptions.bucket_elements differs between ranks"), muon::InvalidArgument);
 }
@@ -213,7 +213,7 @@ TEST_CASE("a checkpoint that one rank cannot read or rank 0 cannot write fails o
   try {
     zero.load(missing);
     FAIL("a file missing on the last rank was loaded");
-  } catch (const muon::dist::CommError& e) {
+  } catch (const muon::distributed::CommError& e) {
     CHECK(!last);
     CHECK(std::string(e.what()).find(".missing") != std::string::npos);
   } catch (const muon::FileError&) {

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <limits>
 #include <muon/backends/cuda.hpp>
-#include <muon/dist/nccl.hpp>
-#include <muon/dist/zero1.hpp>
+#include <muon/distributed/nccl.hpp>
+#include <muon/distributed/zero1.hpp>
 #include <muon/optimizer.hpp>
 #include <muon/state_file.hpp>
 #include <string_view>
@@ -18,8 +18,8 @@
 #include "zero_support.hpp"
 
 using muon::CudaBackend;
-using muon::dist::NcclCommunicator;
-using Zero = muon::dist::ZeroOptimizer<CudaBackend, NcclCommunicator>;
+using muon::distributed::NcclCommunicator;
+using Zero = muon::distributed::ZeroOptimizer<CudaBackend, NcclCommunicator>;
 using Single = muon::Optimizer<CudaBackend>;
 
 namespace {
@@ -27,7 +27,7 @@ namespace {
 // fp32 Newton–Schulz, so that the comparison is not dominated by bf16 rounding.
 const muon::CudaOptions kFp32{.ns_precision = muon::NsPrecision::fp32};
 const muon::Options kOptions{.lr = 0.02, .weight_decay = 0.1};
-const muon::dist::ZeroOptions kZero{.bucket_elements = 300};
+const muon::distributed::ZeroOptions kZero{.bucket_elements = 300};
 
 NcclCommunicator one_rank(const CudaBackend& gpu) {
   ncclUniqueId id;

@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <map>
 #include <muon/backends/eigen.hpp>
-#include <muon/dist/plan.hpp>
-#include <muon/dist/self.hpp>
-#include <muon/dist/zero1.hpp>
+#include <muon/distributed/plan.hpp>
+#include <muon/distributed/self.hpp>
+#include <muon/distributed/zero1.hpp>
 #include <muon/optimizer.hpp>
 #include <numeric>
 #include <random>
@@ -16,17 +16,17 @@
 #include "zero_support.hpp"
 
 using muon::Rule;
-using muon::dist::Plan;
-using muon::dist::plan_zero1;
-using muon::dist::TensorInfo;
+using muon::distributed::Plan;
+using muon::distributed::plan_zero1;
+using muon::distributed::TensorToShard;
 
 namespace {
 
 // Every element of every parameter is in exactly one piece; Muon pieces are whole matrices; the
 // bucket layout tiles the flat buffer: each rank's pieces fill its block without gaps.
-void check_partition(const std::vector<TensorInfo>& table, const Plan& plan) {
+void check_partition(const std::vector<TensorToShard>& table, const Plan& plan) {
   std::map<std::size_t, std::vector<std::pair<std::int64_t, std::int64_t>>> ranges;
-  for (const muon::dist::Piece& p : plan.pieces) {
+  for (const muon::distributed::Piece& p : plan.pieces) {
     ranges[p.param].push_back({p.offset, p.size});
     REQUIRE(p.rule == table[p.param].rule);
     if (p.rule == Rule::muon) {
@@ -49,11 +49,11 @@ void check_partition(const std::vector<TensorInfo>& table, const Plan& plan) {
   }
   REQUIRE(plan.total_elements == total);
   std::int64_t flat = 0;
-  for (const muon::dist::Bucket& b : plan.buckets) {
+  for (const muon::distributed::Bucket& b : plan.buckets) {
     REQUIRE(b.offset == flat);
     std::vector<std::int64_t> filled(b.counts.size(), 0);
     for (const std::size_t k : b.pieces) {
-      const muon::dist::Piece& p = plan.pieces[k];
+      const muon::distributed::Piece& p = plan.pieces[k];
       REQUIRE(p.shard_offset == filled[static_cast<std::size_t>(p.owner)]);
       filled[static_cast<std::size_t>(p.owner)] += p.size;
     }
@@ -69,12 +69,12 @@ void check_partition(const std::vector<TensorInfo>& table, const Plan& plan) {
 }  // namespace
 
 TEST_CASE("ns_cost is steps·(4n²m + 2n³) with n the smaller side") {
-  CHECK(muon::dist::ns_cost(8, 2, 5) == 5.0 * (4 * 4 * 8 + 2 * 8));
-  CHECK(muon::dist::ns_cost(2, 8, 5) == muon::dist::ns_cost(8, 2, 5));
+  CHECK(muon::distributed::ns_cost(8, 2, 5) == 5.0 * (4 * 4 * 8 + 2 * 8));
+  CHECK(muon::distributed::ns_cost(2, 8, 5) == muon::distributed::ns_cost(8, 2, 5));
 }
 
 TEST_CASE("the plan partitions every parameter, splits expert stacks by expert and tiles the buckets") {
-  const std::vector<TensorInfo> table{{"emb", {50, 8}, Rule::adamw},   {"w", {16, 8}, Rule::muon},
+  const std::vector<TensorToShard> table{{"emb", {50, 8}, Rule::adamw},   {"w", {16, 8}, Rule::muon},
                                       {"experts", {5, 12, 8}, Rule::muon}, {"norm", {8}, Rule::adamw},
                                       {"head", {50, 8}, Rule::adamw}};
   for (const int world : {1, 2, 3, 4, 7})
@@ -95,20 +95,20 @@ TEST_CASE("the plan partitions every parameter, splits expert stacks by expert a
 }
 
 TEST_CASE("LPT gives equal experts evenly to the ranks and stays within Graham's bound") {
-  const Plan even = plan_zero1(std::vector<TensorInfo>{{"experts", {64, 32, 16}, Rule::muon}}, 8);
+  const Plan even = plan_zero1(std::vector<TensorToShard>{{"experts", {64, 32, 16}, Rule::muon}}, 8);
   CHECK(even.ns_imbalance() == 1.0);
   for (const auto& r : even.ranks) CHECK(r.muon_elements == 8 * 32 * 16);
 
   std::mt19937 gen(7);
   std::uniform_int_distribution<std::int64_t> side(4, 96);
-  std::vector<TensorInfo> table;
+  std::vector<TensorToShard> table;
   for (int i = 0; i < 50; ++i) table.push_back({"m" + std::to_string(i), {side(gen), side(gen)}, Rule::muon});
   for (const int world : {2, 5, 8}) {
     const Plan plan = plan_zero1(table, world);
     // The optimum is at least the mean load and at least the largest unit.
     double total = 0.0, largest = 0.0, worst = 0.0;
     for (const auto& t : table) {
-      const double c = muon::dist::ns_cost(t.shape[0], t.shape[1], 5);
+      const double c = muon::distributed::ns_cost(t.shape[0], t.shape[1], 5);
       total += c;
       largest = std::max(largest, c);
     }
@@ -138,15 +138,15 @@ TEST_CASE("Moonlight-16B at 8, 16 and 64 ranks: NS max/mean <= 1.05, state per r
 }
 
 TEST_CASE("bad planner input is rejected with the field named") {
-  const std::vector<TensorInfo> table{{"w", {4, 4}, Rule::muon}};
+  const std::vector<TensorToShard> table{{"w", {4, 4}, Rule::muon}};
   CHECK_THROWS_WITH_AS((void)plan_zero1(table, 0), doctest::Contains("world size"), muon::InvalidArgument);
   CHECK_THROWS_WITH_AS((void)plan_zero1(table, 2, {5, 0}), doctest::Contains("bucket_elements"), muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS((void)plan_zero1(std::vector<TensorInfo>{{"v", {4}, Rule::muon}}, 2), doctest::Contains("'v'"),
+  CHECK_THROWS_WITH_AS((void)plan_zero1(std::vector<TensorToShard>{{"v", {4}, Rule::muon}}, 2), doctest::Contains("'v'"),
                        muon::InvalidArgument);
 }
 
 TEST_CASE("on one rank, ZeRO-1 equals the single-process optimizer bit for bit, and their files interchange") {
-  using Zero = muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::SelfCommunicator>;
+  using Zero = muon::distributed::ZeroOptimizer<muon::EigenBackend, muon::distributed::SelfCommunicator>;
   muon::test::ZeroModel zm, ref;
   const muon::Options options{.lr = 0.02, .weight_decay = 0.1};
   Zero zero(zm.table(), options, {}, {}, {.bucket_elements = 300});

@@ -1,6 +1,6 @@
 // train_tiny_lm: a small decoder-only transformer learns the characters of the GPL-3 text that
 // every Debian system ships, trained twice from the same initial weights on the same batches at
-// the same lr and weight decay: once with muon::torch::Muon (Moonlight's routing: hidden matrices
+// the same lr and weight decay: once with muon::libtorch::Muon (Moonlight's routing: hidden matrices
 // run Muon, embeddings, LM head and 1-D tensors run AdamW) and once with torch::optim::AdamW.
 // Both smoothed training-loss curves (and the loss on the held-out last 10% of the text) are
 // printed side by side, then the step at which Muon first reached AdamW's final training loss.
@@ -11,7 +11,7 @@
 // own threads want the same cores; on a busy 2-core VM that made a step up to 8x slower.
 #include <torch/torch.h>
 
-#include <muon/torch/muon.hpp>
+#include <muon/libtorch/muon.hpp>
 
 #include <algorithm>
 #include <array>
@@ -268,14 +268,14 @@ int main(int argc, char** argv) {
     std::printf("AdamW: %.1f s\n", with_adamw.seconds);
 
     auto muon_model = initial_model(corpus.vocab);
-    auto groups = muon::torch::moonlight_param_groups(
-        *muon_model, muon::torch::MuonOptions(cfg.lr).weight_decay(cfg.wd));
+    auto groups = muon::libtorch::moonlight_param_groups(
+        *muon_model, muon::libtorch::MuonOptions(cfg.lr).weight_decay(cfg.wd));
     for (auto& group : groups) {
-      const bool is_muon = static_cast<muon::torch::MuonOptions&>(group.options()).role() == muon::Rule::muon;
+      const bool is_muon = static_cast<muon::libtorch::MuonOptions&>(group.options()).role() == muon::Rule::muon;
       std::printf("  %s group: %zu tensors\n", is_muon ? "Muon " : "AdamW", group.params().size());
     }
-    muon::torch::Muon muon(std::move(groups));
-    const Run with_muon = train<muon::torch::MuonOptions>(muon_model, muon, corpus, starts, cfg, every);
+    muon::libtorch::Muon muon(std::move(groups));
+    const Run with_muon = train<muon::libtorch::MuonOptions>(muon_model, muon, corpus, starts, cfg, every);
     std::printf("Muon:  %.1f s\n\n", with_muon.seconds);
 
     std::printf("%6s %9s | %-17s | %-17s\n", "", "", "train (smoothed)", "held-out");

@@ -152,7 +152,7 @@ struct NsWorkspace {
   typename B::Buffer scratch;   // Gram NS: products that cannot be written in place
 };
 
-namespace internal {
+namespace detail {
 
 // The triple of iteration k, with the schedule's normalisation scale s folded into the first:
 // X/(s·‖X‖ + ε) = (1/s)·X/(‖X‖ + ε/s), so normalise with ε/s and apply p(x/s).
@@ -263,7 +263,7 @@ void orthogonalize_chunk(B& backend, MatrixStack<float> x, const NsOptions& opti
   if (result.data != x.data) backend.axpby(1.0f, result.as_const().span(), 0.0f, x.span());
 }
 
-}  // namespace internal
+}  // namespace detail
 
 template <Backend B>
 void orthogonalize(B& backend, MatrixStack<float> x, const NsOptions& options, NsWorkspace<B>& ws) {
@@ -276,7 +276,7 @@ void orthogonalize(B& backend, MatrixStack<float> x, const NsOptions& options, N
   }
   ws.allocate_portable(backend);
   for (std::int64_t k = 0; k < x.batch; k += ws.chunk)
-    internal::orthogonalize_chunk(backend, MatrixStack<float>{x.matrix(k), std::min(ws.chunk, x.batch - k), x.rows, x.cols},
+    detail::orthogonalize_chunk(backend, MatrixStack<float>{x.matrix(k), std::min(ws.chunk, x.batch - k), x.rows, x.cols},
                                   options, ws);
 }
 

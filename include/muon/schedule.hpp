@@ -37,28 +37,28 @@ struct WarmupStableDecay {
 
 using LrSchedule = std::variant<ConstantLr, WarmupCosine, WarmupStableDecay>;
 
-namespace internal {
+namespace detail {
 inline double warmup_factor(std::int64_t warmup_steps, std::int64_t completed) {
   return static_cast<double>(completed + 1) / static_cast<double>(warmup_steps);
 }
 inline double clamp01(double x) { return std::clamp(x, 0.0, 1.0); }
-}  // namespace internal
+}  // namespace detail
 
 [[nodiscard]] inline double lr_factor(const LrSchedule& schedule, std::int64_t completed) {
   struct Visitor {
     std::int64_t k;
     double operator()(const ConstantLr&) const { return 1.0; }
     double operator()(const WarmupCosine& s) const {
-      if (k < s.warmup_steps) return internal::warmup_factor(s.warmup_steps, k);
+      if (k < s.warmup_steps) return detail::warmup_factor(s.warmup_steps, k);
       const double span = static_cast<double>(std::max<std::int64_t>(1, s.total_steps - s.warmup_steps));
-      const double p = internal::clamp01(static_cast<double>(k - s.warmup_steps) / span);
+      const double p = detail::clamp01(static_cast<double>(k - s.warmup_steps) / span);
       return s.final_ratio + (1.0 - s.final_ratio) * 0.5 * (1.0 + std::cos(std::numbers::pi * p));
     }
     double operator()(const WarmupStableDecay& s) const {
-      if (k < s.warmup_steps) return internal::warmup_factor(s.warmup_steps, k);
+      if (k < s.warmup_steps) return detail::warmup_factor(s.warmup_steps, k);
       const std::int64_t into_decay = k - s.warmup_steps - s.stable_steps;
       if (into_decay < 0) return 1.0;
-      const double p = internal::clamp01(static_cast<double>(into_decay + 1) /
+      const double p = detail::clamp01(static_cast<double>(into_decay + 1) /
                                          static_cast<double>(std::max<std::int64_t>(1, s.decay_steps)));
       return 1.0 - (1.0 - s.final_ratio) * p;
     }

@@ -94,7 +94,7 @@ template <NamedEnum E>
   return out;
 }
 
-namespace schema_detail {
+namespace detail {
 
 // Converts to a reference of any member type: an aggregate accepts as many of these in braces as
 // it has members. Only ever named in unevaluated requires-expressions.
@@ -123,22 +123,22 @@ struct IsVariant : std::false_type {};
 template <class... T>
 struct IsVariant<std::variant<T...>> : std::true_type {};
 
-}  // namespace schema_detail
+}  // namespace detail
 
 template <class T>
 concept Number = std::is_arithmetic_v<T> && !std::same_as<T, bool>;
 template <class T>
-concept OptionalField = schema_detail::IsOptional<T>::value;
+concept OptionalField = detail::IsOptional<T>::value;
 template <class T>
-concept VectorField = schema_detail::IsVector<T>::value;
+concept VectorField = detail::IsVector<T>::value;
 template <class T>
-concept VariantField = schema_detail::IsVariant<T>::value;
+concept VariantField = detail::IsVariant<T>::value;
 
 // Fails the build when Schema<S> does not list every member of S.
 template <HasSchema S>
 consteval bool check_complete() {
   static_assert(std::tuple_size_v<std::remove_cvref_t<decltype(Schema<S>::fields)>> ==
-                    schema_detail::member_count<S>(),
+                    detail::member_count<S>(),
                 "muon::Schema<S> must list every member of S, in order: add the new member's field entry");
   return true;
 }
@@ -231,7 +231,7 @@ struct FieldFingerprint {
   std::int64_t hash;
 };
 
-namespace schema_detail {
+namespace detail {
 
 inline std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) {
   const auto* bytes = static_cast<const unsigned char*>(data);
@@ -279,12 +279,12 @@ void add_fingerprints(const S& s, const std::string& path, std::vector<FieldFing
   });
 }
 
-}  // namespace schema_detail
+}  // namespace detail
 
 template <HasSchema S>
 [[nodiscard]] std::vector<FieldFingerprint> field_fingerprints(const S& s, const std::string& path) {
   std::vector<FieldFingerprint> out;
-  schema_detail::add_fingerprints(s, path, out);
+  detail::add_fingerprints(s, path, out);
   return out;
 }
 

@@ -3,7 +3,7 @@
 // One safetensors file: every state buffer as an F32 tensor named "<parameter>/<buffer>"
 // (momentum, exp_avg, exp_avg_sq) with the parameter's shape, and the step counts and options in
 // the metadata. Keyed by parameter name only, so a state written by the single-process optimizer
-// loads into a ZeRO-1 run at any world size and back (dist/zero1.hpp writes the same file).
+// loads into a ZeRO-1 run at any world size and back (distributed/zero1.hpp writes the same file).
 //
 //   muon::save_state(opt, "opt.safetensors");   // atomic: temp file, fsync, rename
 //   muon::load_state(opt, "opt.safetensors");   // checked against the table before anything changes

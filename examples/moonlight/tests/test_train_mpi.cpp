@@ -1,4 +1,4 @@
-// Data-parallel training over ZeRO-1 (moonlight/trainer.hpp with muon::dist::MpiCommunicator),
+// Data-parallel training over ZeRO-1 (moonlight/trainer.hpp with muon::distributed::MpiCommunicator),
 // run by CTest under mpirun at 2 and 3 ranks: the same global batch gives the single-process
 // result, and a data-parallel run resumes bit for bit.
 // This binary has its own main (MPI must start before the tests and agree on the result).
@@ -19,11 +19,11 @@
 #include "moonlight/checkpoint.hpp"
 #include "moonlight/corpus.hpp"
 #include "moonlight/trainer.hpp"
-#include "muon/dist/mpi.hpp"
-#include "muon/dist/self.hpp"
+#include "muon/distributed/mpi.hpp"
+#include "muon/distributed/self.hpp"
 
 namespace fs = std::filesystem;
-using muon::dist::MpiCommunicator;
+using muon::distributed::MpiCommunicator;
 using moonlight::test::fixture;
 
 namespace {
@@ -78,7 +78,7 @@ TEST_CASE("data-parallel steps equal one process on the same global batch") {
   moonlight::Trainer<MpiCommunicator> dp(run_with_micro_batch(kGlobalBatch / comm.size()), data, tokenizer_file,
                                          dir.path / "dp", comm);
   // Every rank also runs the single-process reference, in its own directory.
-  moonlight::Trainer<muon::dist::SelfCommunicator> single(run_with_micro_batch(kGlobalBatch), data, tokenizer_file,
+  moonlight::Trainer<muon::distributed::SelfCommunicator> single(run_with_micro_batch(kGlobalBatch), data, tokenizer_file,
                                                           dir.path / ("single" + std::to_string(comm.rank())), {});
   for (int step = 0; step < 3; ++step) {
     const moonlight::StepMetrics a = dp.train_step(), b = single.train_step();

@@ -18,12 +18,12 @@
 #include "moonlight/corpus.hpp"
 #include "moonlight/train_options.hpp"
 #include "moonlight/trainer.hpp"
-#include "muon/dist/self.hpp"
+#include "muon/distributed/self.hpp"
 #include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using moonlight::test::fixture;
-using Trainer = moonlight::Trainer<muon::dist::SelfCommunicator>;
+using Trainer = moonlight::Trainer<muon::distributed::SelfCommunicator>;
 
 namespace {
 

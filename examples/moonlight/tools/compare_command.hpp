@@ -13,7 +13,7 @@
 
 #include <moonlight/plot.hpp>
 
-#include "train_command.hpp"
+#include "loss_curves.hpp"
 
 namespace moonlight::cli {
 

@@ -26,6 +26,8 @@
 #include <moonlight/tokenizer.hpp>
 #include <moonlight/utf8_stream.hpp>
 
+#include <moonlight/train_options.hpp>
+
 #include "compare_command.hpp"
 #include "schema_flags.hpp"
 #include "train_command.hpp"

@@ -67,7 +67,7 @@ struct CudaOptions {
   std::int64_t ns_batch_elements = std::int64_t{1} << 28;
 };
 
-namespace cuda_detail {
+namespace detail {
 
 
 // cuBLAS takes int dimensions.
@@ -177,7 +177,7 @@ class Carver {
   std::size_t offset_ = 0;
 };
 
-}  // namespace cuda_detail
+}  // namespace detail
 
 class CudaBackend {
  public:
@@ -185,7 +185,7 @@ class CudaBackend {
   class Buffer {
    public:
     Buffer() = default;
-    Buffer(std::shared_ptr<cuda_detail::Context> context, std::int64_t n)
+    Buffer(std::shared_ptr<detail::Context> context, std::int64_t n)
         : context_(std::move(context)), size_(static_cast<std::size_t>(n)) {
       if (n == 0) return;
       void* p = nullptr;
@@ -213,7 +213,7 @@ class CudaBackend {
       std::swap(data_, other.data_);
       std::swap(size_, other.size_);
     }
-    std::shared_ptr<cuda_detail::Context> context_;
+    std::shared_ptr<detail::Context> context_;
     float* data_ = nullptr;
     std::size_t size_ = 0;
   };
@@ -222,12 +222,12 @@ class CudaBackend {
   CudaBackend() : CudaBackend(CudaOptions{}) {}
   explicit CudaBackend(CudaOptions options)
       : options_(options),
-        context_(std::make_shared<cuda_detail::Context>(true, nullptr, nullptr, options.cublas_workspace_bytes)) {}
+        context_(std::make_shared<detail::Context>(true, nullptr, nullptr, options.cublas_workspace_bytes)) {}
   // The caller's stream and handle (either may be null: the default stream; a handle of its own).
   // The backend sets the handle's stream and workspace; the caller keeps both alive meanwhile.
   CudaBackend(cudaStream_t stream, cublasHandle_t blas, CudaOptions options = {})
       : options_(options),
-        context_(std::make_shared<cuda_detail::Context>(false, stream, blas, options.cublas_workspace_bytes)) {}
+        context_(std::make_shared<detail::Context>(false, stream, blas, options.cublas_workspace_bytes)) {}
 
   [[nodiscard]] cudaStream_t stream() const { return context_->stream; }
   [[nodiscard]] cublasHandle_t cublas() const { return context_->blas; }
@@ -271,10 +271,10 @@ class CudaBackend {
     const void* pb = b.data;
     if (bf16) {
       const bool same = a.data == b.data && a.size() == b.size();
-      cuda_detail::Carver measure;
+      detail::Carver measure;
       (void)measure.take<__nv_bfloat16>(a.size());
       if (!same) (void)measure.take<__nv_bfloat16>(b.size());
-      cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+      detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
       __nv_bfloat16* a16 = carve.take<__nv_bfloat16>(a.size());
       __nv_bfloat16* b16 = same ? a16 : carve.take<__nv_bfloat16>(b.size());
       to_bf16(a.span(), a16);
@@ -308,10 +308,10 @@ class CudaBackend {
       return;
     }
     const int tiles = symmetric_tiles(n);
-    cuda_detail::Carver measure;
+    detail::Carver measure;
     (void)measure.take<__nv_bfloat16>(x.size());
     (void)measure.take<void*>(tile_pointer_count(x.batch, tiles));
-    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     __nv_bfloat16* x16 = carve.take<__nv_bfloat16>(x.size());
     void** pointers = carve.take<void*>(tile_pointer_count(x.batch, tiles));
     to_bf16(x.span(), x16);
@@ -343,10 +343,10 @@ class CudaBackend {
   void normalize(MatrixStack<float> x, float eps, NormEps mode) {
     if (x.size() == 0) return;
     const int parts = kernels::norm_parts(x.matrix_size());
-    cuda_detail::Carver measure;
+    detail::Carver measure;
     (void)measure.take<double>(x.batch * parts);
     (void)measure.take<float>(x.batch);
-    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     double* partial = carve.take<double>(x.batch * parts);
     float* inverse = carve.take<float>(x.batch);
     inverse_norms(x.as_const(), eps, mode, partial, inverse);
@@ -404,10 +404,10 @@ class CudaBackend {
     if (x.empty()) return 0.0;
     const auto n = static_cast<std::int64_t>(x.size());
     const int parts = kernels::norm_parts(n);
-    cuda_detail::Carver measure;
+    detail::Carver measure;
     (void)measure.take<double>(parts);
     (void)measure.take<double>(1);
-    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     double* partial = carve.take<double>(parts);
     double* total = carve.take<double>(1);
     kernels::sum_squares_partial_kernel<float, kernels::kThreads>
@@ -472,13 +472,13 @@ class CudaBackend {
     const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
     const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
     const int parts = kernels::norm_parts(xs);
-    cuda_detail::Carver measure;
+    detail::Carver measure;
     (void)measure.take<double>(batch * parts);
     (void)measure.take<float>(batch);
     for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(x.size());
     for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(batch * nn);
     (void)measure.take<void*>(tile_pointer_count(batch, tiles));
-    cuda_detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
+    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
     double* partial = carve.take<double>(batch * parts);
     float* inverse = carve.take<float>(batch);
     __nv_bfloat16* cur = carve.take<__nv_bfloat16>(x.size());
@@ -491,7 +491,7 @@ class CudaBackend {
     scale_matrices(x.data, batch, xs, inverse, cur);
     const GramSide side = wide ? GramSide::rows : GramSide::cols;
     for (int k = 0; k < o.steps; ++k) {
-      const NsCoefficients t = internal::iteration_triple(o, k);
+      const NsCoefficients t = detail::iteration_triple(o, k);
       symmetric_product(cur, batch, x.rows, x.cols, side, 1.0f, 0.0f, gram16, tiles, pointers);
       // B·X with B = b·A + c·A²; for a cubic step (c = 0) that is b·(A·X), with no B.
       const __nv_bfloat16* poly = gram16;
@@ -522,7 +522,7 @@ class CudaBackend {
     cuda_check(cudaGetLastError());
   }
 
-  static int blas_int(std::int64_t v, const char* what) { return cuda_detail::blas_int(v, what); }
+  static int blas_int(std::int64_t v, const char* what) { return detail::blas_int(v, what); }
   static cublasOperation_t op(Transpose t) { return t == Transpose::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
   static unsigned grid_y(std::int64_t batch) {
     if (batch > 65535) throw InvalidArgument("CudaBackend: stacks of more than 65535 matrices are not supported");
@@ -626,7 +626,7 @@ class CudaBackend {
   }
 
   CudaOptions options_;
-  std::shared_ptr<cuda_detail::Context> context_;
+  std::shared_ptr<detail::Context> context_;
 };
 
 static_assert(Backend<CudaBackend> && RunsNewtonSchulz<CudaBackend> && LimitsNsBatch<CudaBackend>);

@@ -60,6 +60,22 @@ template <std::integral Int>
   return static_cast<Int>(value);
 }
 
+namespace detail {
+using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Map = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
+using ConstMap = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
+
+#ifdef MUON_HAS_OPENBLAS
+inline CBLAS_TRANSPOSE op(Transpose t) { return t == Transpose::yes ? CblasTrans : CblasNoTrans; }
+#endif
+// BLAS rejects a leading dimension below 1 even when the matrix is empty. A template on the BLAS
+// integer, so that each configuration's BlasInt gives its own symbol.
+template <std::integral Int>
+[[nodiscard]] Int ld(std::int64_t v, std::string_view what) {
+  return blas_int<Int>(std::max<std::int64_t>(v, 1), what);
+}
+}  // namespace detail
+
 inline namespace MUON_CPU_CONFIG {
 
 // "OpenBLAS" or "Eigen": what runs this translation unit's products.
@@ -79,19 +95,6 @@ using BlasInt = blasint;
 using BlasInt = Eigen::Index;
 #endif
 
-namespace blas_detail {
-using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using Map = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
-using ConstMap = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
-
-#ifdef MUON_HAS_OPENBLAS
-inline CBLAS_TRANSPOSE op(Transpose t) { return t == Transpose::yes ? CblasTrans : CblasNoTrans; }
-// BLAS rejects a leading dimension below 1 even when the matrix is empty.
-inline BlasInt ld(std::int64_t v, std::string_view what) {
-  return blas_int<BlasInt>(std::max<std::int64_t>(v, 1), what);
-}
-#endif
-}  // namespace blas_detail
 
 // C = α·op(A)·op(B) + β·C, row-major: op(A) m×k, op(B) k×n, C m×n, with row strides lda, ldb, ldc
 // (A is k×m when transposed). β = 0: C is not read.
@@ -100,16 +103,16 @@ inline void gemm(Transpose ta, Transpose tb, std::int64_t m, std::int64_t n, std
                  std::int64_t ldc) {
   if (m == 0 || n == 0) return;
 #ifdef MUON_HAS_OPENBLAS
-  using blas_detail::ld;
-  cblas_sgemm(CblasRowMajor, blas_detail::op(ta), blas_detail::op(tb), blas_int<BlasInt>(m, "gemm m"),
-              blas_int<BlasInt>(n, "gemm n"), blas_int<BlasInt>(k, "gemm k"), alpha, a, ld(lda, "gemm lda"), b,
-              ld(ldb, "gemm ldb"), beta, c, ld(ldc, "gemm ldc"));
+  cblas_sgemm(CblasRowMajor, detail::op(ta), detail::op(tb), blas_int<BlasInt>(m, "gemm m"),
+              blas_int<BlasInt>(n, "gemm n"), blas_int<BlasInt>(k, "gemm k"), alpha, a,
+              detail::ld<BlasInt>(lda, "gemm lda"), b, detail::ld<BlasInt>(ldb, "gemm ldb"), beta, c,
+              detail::ld<BlasInt>(ldc, "gemm ldc"));
 #else
-  using blas_detail::ConstMap;
+  using detail::ConstMap;
   const bool at = ta == Transpose::yes, bt = tb == Transpose::yes;
   const ConstMap A(a, at ? k : m, at ? m : k, Eigen::OuterStride<>(lda));
   const ConstMap B(b, bt ? n : k, bt ? k : n, Eigen::OuterStride<>(ldb));
-  blas_detail::Map C(c, m, n, Eigen::OuterStride<>(ldc));
+  detail::Map C(c, m, n, Eigen::OuterStride<>(ldc));
   if (beta == 0.0f)
     C.setZero();
   else if (beta != 1.0f)
@@ -127,13 +130,13 @@ inline void syrk_lower(Transpose ta, std::int64_t n, std::int64_t k, float alpha
                        float beta, float* c, std::int64_t ldc) {
   if (n == 0) return;
 #ifdef MUON_HAS_OPENBLAS
-  using blas_detail::ld;
-  cblas_ssyrk(CblasRowMajor, CblasLower, blas_detail::op(ta), blas_int<BlasInt>(n, "syrk n"),
-              blas_int<BlasInt>(k, "syrk k"), alpha, a, ld(lda, "syrk lda"), beta, c, ld(ldc, "syrk ldc"));
+  cblas_ssyrk(CblasRowMajor, CblasLower, detail::op(ta), blas_int<BlasInt>(n, "syrk n"),
+              blas_int<BlasInt>(k, "syrk k"), alpha, a, detail::ld<BlasInt>(lda, "syrk lda"), beta, c,
+              detail::ld<BlasInt>(ldc, "syrk ldc"));
 #else
   const bool at = ta == Transpose::yes;
-  const blas_detail::ConstMap A(a, at ? k : n, at ? n : k, Eigen::OuterStride<>(lda));
-  blas_detail::Map C(c, n, n, Eigen::OuterStride<>(ldc));
+  const detail::ConstMap A(a, at ? k : n, at ? n : k, Eigen::OuterStride<>(lda));
+  detail::Map C(c, n, n, Eigen::OuterStride<>(ldc));
   if (beta == 0.0f)
     C.triangularView<Eigen::Lower>().setZero();
   else if (beta != 1.0f)
@@ -153,14 +156,14 @@ inline void gemv(std::int64_t m, std::int64_t n, float alpha, const float* a, st
   // n = 0 goes to Eigen: BLAS returns before scaling y then.
   if (n > 0)
     return cblas_sgemv(CblasRowMajor, CblasNoTrans, blas_int<BlasInt>(m, "gemv m"), blas_int<BlasInt>(n, "gemv n"),
-                       alpha, a, blas_detail::ld(lda, "gemv lda"), x, 1, beta, y, 1);
+                       alpha, a, detail::ld<BlasInt>(lda, "gemv lda"), x, 1, beta, y, 1);
 #endif
   Eigen::Map<Eigen::VectorXf> Y(y, m);
   if (beta == 0.0f)
     Y.setZero();
   else if (beta != 1.0f)
     Y *= beta;
-  const blas_detail::ConstMap A(a, m, n, Eigen::OuterStride<>(lda));
+  const detail::ConstMap A(a, m, n, Eigen::OuterStride<>(lda));
   Y.noalias() += alpha * A * Eigen::Map<const Eigen::VectorXf>(x, n);
 }
 

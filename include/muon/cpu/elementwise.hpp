@@ -62,7 +62,7 @@ struct ElementwiseKernels {
   void (*mirror_lower)(float* c, std::int64_t n, std::int64_t row_begin, std::int64_t row_end);
 };
 
-namespace internal {
+namespace detail {
 
 // One inclusion of the loops per level.
 #define MUON_LEVEL baseline
@@ -89,15 +89,15 @@ MUON_BEGIN_TARGET(MUON_TARGET_AVX512)
 MUON_END_TARGET()
 #endif
 
-}  // namespace internal
+}  // namespace detail
 
 // The loops compiled for `isa`; `isa` must be one this CPU supports (cpu_supports).
 [[nodiscard]] inline const ElementwiseKernels& elementwise_kernels(CpuIsa isa) {
 #if MUON_X86_DISPATCH
-  if (isa == CpuIsa::avx512) return internal::avx512::kernels;
-  if (isa == CpuIsa::avx2) return internal::avx2::kernels;
+  if (isa == CpuIsa::avx512) return detail::avx512::kernels;
+  if (isa == CpuIsa::avx2) return detail::avx2::kernels;
 #endif
-  return internal::baseline::kernels;
+  return detail::baseline::kernels;
 }
 
 }  // namespace muon::cpu

@@ -57,7 +57,7 @@ inline constexpr std::array kAllCpuIsas{CpuIsa::baseline, CpuIsa::avx2, CpuIsa::
 #define MUON_X86_DISPATCH 0
 #endif
 
-namespace internal {
+namespace detail {
 
 // The highest level the environment allows: MUON_MAX_CPU_ISA=baseline|avx2|avx512 caps the
 // dispatch (as ONEDNN_MAX_CPU_ISA caps oneDNN's), to reproduce another machine's bits or to test
@@ -74,12 +74,12 @@ namespace internal {
   return cap;
 }
 
-}  // namespace internal
+}  // namespace detail
 
 // Whether this CPU (and its operating system, which must save the wider registers) runs `isa`,
 // and MUON_MAX_CPU_ISA allows it.
 [[nodiscard]] inline bool cpu_supports(CpuIsa isa) {
-  if (static_cast<int>(isa) > static_cast<int>(internal::isa_cap())) return false;
+  if (static_cast<int>(isa) > static_cast<int>(detail::isa_cap())) return false;
 #if MUON_X86_DISPATCH
   switch (isa) {
     case CpuIsa::avx2:

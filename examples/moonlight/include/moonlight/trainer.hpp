@@ -5,17 +5,17 @@
 //     each thread adding the gradients of its sequences into its own buffer (backward.hpp; with
 //     training.aux_loss_alpha > 0 the objective includes the sequence-wise balance loss)
 //   → the buffers summed in thread order and averaged (deterministic for a given thread count)
-//   → the ZeRO-1 optimizer (muon/dist/zero1.hpp): mean over ranks, clipping, Muon on matrices
+//   → the ZeRO-1 optimizer (muon/distributed/zero1.hpp): mean over ranks, clipping, Muon on matrices
 //     and AdamW on the rest, the lr schedule
 //   → the aux-loss-free bias update from the expert loads summed over all ranks (balancing.hpp).
-// With one process the communicator is muon::dist::SelfCommunicator; under mpirun it is MPI, and
+// With one process the communicator is muon::distributed::SelfCommunicator; under mpirun it is MPI, and
 // each rank takes its own slice of every global batch (micro_batch × grad_accum × ranks sequences).
 // The k-th sequence of the run is fixed by the seed (corpus.hpp), so resuming from a checkpoint
 // (checkpoint.hpp) continues exactly as an uninterrupted run would, bit for bit.
 //
 // Rank 0 appends one JSON line per step to RUN/metrics.jsonl and writes the checkpoints.
 //
-//   moonlight::Trainer trainer(run, data, tokenizer_file, run_dir, muon::dist::SelfCommunicator{});
+//   moonlight::Trainer trainer(run, data, tokenizer_file, run_dir, muon::distributed::SelfCommunicator{});
 //   trainer.train([](const moonlight::StepMetrics& m) { ... });
 #pragma once
 
@@ -46,8 +46,8 @@
 #include "moonlight/train_options.hpp"
 #include "moonlight/weights.hpp"
 #include "muon/backends/eigen.hpp"
-#include "muon/dist/communicator.hpp"
-#include "muon/dist/zero1.hpp"
+#include "muon/distributed/communicator.hpp"
+#include "muon/distributed/zero1.hpp"
 
 namespace moonlight {
 
@@ -111,7 +111,7 @@ struct StepMetrics {
   return j;
 }
 
-template <muon::dist::Communicator C>
+template <muon::distributed::Communicator C>
 class Trainer {
  public:
   // A fresh run: weights initialised from training.seed. `data_identity` goes into every
@@ -184,7 +184,7 @@ class Trainer {
     std::vector<std::span<const std::int32_t>> sequences;
     for (std::int64_t i = rank(); i < n; i += world()) sequences.push_back(data_.val(i));
     double sums[] = {run_sequences(sequences, nullptr).loss_sum};
-    optimizer_.communicator().all_reduce(std::span<double>(sums), muon::dist::ReduceOp::sum);
+    optimizer_.communicator().all_reduce(std::span<double>(sums), muon::distributed::ReduceOp::sum);
     std::ranges::fill(grads_, 0.0f);
     return sums[0] / static_cast<double>(n);
   }
@@ -211,9 +211,9 @@ class Trainer {
 
     // Every rank must see the same losses and loads: the bias update is replicated.
     double sums[] = {pass.loss_sum / local, pass.aux_sum / local};
-    optimizer_.communicator().all_reduce(std::span<double>(sums), muon::dist::ReduceOp::avg);
+    optimizer_.communicator().all_reduce(std::span<double>(sums), muon::distributed::ReduceOp::avg);
     std::vector<std::int64_t> counts = flatten(load_);
-    optimizer_.communicator().all_reduce(std::span<std::int64_t>(counts), muon::dist::ReduceOp::sum);
+    optimizer_.communicator().all_reduce(std::span<std::int64_t>(counts), muon::distributed::ReduceOp::sum);
     unflatten(counts, load_);
 
     const auto before_optimizer = std::chrono::steady_clock::now();
@@ -375,7 +375,7 @@ class Trainer {
   Weights weights_;
   std::vector<float> grads_;
   std::vector<std::vector<float>> thread_grads_;
-  muon::dist::ZeroOptimizer<muon::EigenBackend, C> optimizer_;
+  muon::distributed::ZeroOptimizer<muon::EigenBackend, C> optimizer_;
   SequenceOrder order_;
   ExpertLoad load_;
   std::int64_t tokens_ = 0;

@@ -1,4 +1,4 @@
-// muon/dist/plan.hpp: who owns what under ZeRO-1, computed from the parameter table alone.
+// muon/distributed/plan.hpp: who owns what under ZeRO-1, computed from the parameter table alone.
 //
 // Every Muon matrix has one owner, which alone holds its momentum and runs its Newton–Schulz, so
 // no rank repeats another's NS (Moonlight's Algorithm 1 repeats it on every rank that holds a
@@ -27,10 +27,10 @@
 #include "muon/parameter.hpp"
 #include "muon/tensor.hpp"
 
-namespace muon::dist {
+namespace muon::distributed {
 
 // What the planner needs of a parameter.
-struct TensorInfo {
+struct TensorToShard {
   std::string name;
   Shape shape;
   Rule rule = Rule::muon;
@@ -116,10 +116,10 @@ struct MuonUnit {
 };
 
 // Muon units (matrices, experts), costliest first; ties in table order, so plans are deterministic.
-inline std::vector<MuonUnit> muon_units(std::span<const TensorInfo> table, int ns_steps) {
+inline std::vector<MuonUnit> muon_units(std::span<const TensorToShard> table, int ns_steps) {
   std::vector<MuonUnit> units;
   for (std::size_t i = 0; i < table.size(); ++i) {
-    const TensorInfo& t = table[i];
+    const TensorToShard& t = table[i];
     if (t.rule != Rule::muon) continue;
     if (t.shape.size() < 2 || t.shape.size() > 3)
       throw InvalidArgument("parameter '" + t.name + "' has shape " + to_string(t.shape) +
@@ -164,7 +164,7 @@ inline std::vector<std::int64_t> adamw_quota(const std::vector<RankLoad>& ranks,
 
 }  // namespace detail
 
-[[nodiscard]] inline Plan plan_zero1(std::span<const TensorInfo> table, int world, const PlanOptions& options = {}) {
+[[nodiscard]] inline Plan plan_zero1(std::span<const TensorToShard> table, int world, const PlanOptions& options = {}) {
   if (world < 1) throw InvalidArgument("plan_zero1: world size must be >= 1, got " + std::to_string(world));
   if (options.ns_steps < 1) throw InvalidArgument("PlanOptions.ns_steps must be >= 1");
   if (options.bucket_elements < 1) throw InvalidArgument("PlanOptions.bucket_elements must be >= 1");
@@ -186,7 +186,7 @@ inline std::vector<std::int64_t> adamw_quota(const std::vector<RankLoad>& ranks,
 
   // AdamW tensors, in table order, cut into flat ranges that fill each rank's quota in turn.
   std::int64_t adamw_total = 0;
-  for (const TensorInfo& t : table)
+  for (const TensorToShard& t : table)
     if (t.rule == Rule::adamw) adamw_total += numel(t.shape);
   std::vector<std::int64_t> quota = detail::adamw_quota(plan.ranks, adamw_total);
   std::size_t rank = 0;
@@ -249,4 +249,4 @@ inline std::vector<std::int64_t> adamw_quota(const std::vector<RankLoad>& ranks,
   return plan;
 }
 
-}  // namespace muon::dist
+}  // namespace muon::distributed

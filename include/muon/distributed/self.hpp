@@ -1,4 +1,4 @@
-// muon/dist/self.hpp: the one-rank communicator. Every collective is a copy (or nothing), so the
+// muon/distributed/self.hpp: the one-rank communicator. Every collective is a copy (or nothing), so the
 // ZeRO-1 layer runs unchanged in a single process, on host memory.
 #pragma once
 
@@ -8,9 +8,9 @@
 #include <span>
 #include <string>
 
-#include "muon/dist/communicator.hpp"
+#include "muon/distributed/communicator.hpp"
 
-namespace muon::dist {
+namespace muon::distributed {
 
 class SelfCommunicator {
  public:
@@ -48,4 +48,4 @@ class SelfCommunicator {
 
 static_assert(Communicator<SelfCommunicator>);
 
-}  // namespace muon::dist
+}  // namespace muon::distributed

@@ -1,4 +1,4 @@
-// muon/torch/backend.hpp: muon::Backend over LibTorch, for CPU and CUDA tensors alike.
+// muon/libtorch/backend.hpp: muon::Backend over LibTorch, for CPU and CUDA tensors alike.
 //
 // Every operation wraps the raw pointers it is given in tensors on the backend's device
 // (torch::from_blob, no copy) and runs LibTorch ops on them, so the same core rules run
@@ -12,27 +12,27 @@
 #include <cstddef>
 #include <span>
 
-namespace muon::torch {
+namespace muon::libtorch {
 
 class TorchBackend {
  public:
-  explicit TorchBackend(::torch::Device device = ::torch::kCPU) : device_(device) {}
+  explicit TorchBackend(torch::Device device = torch::kCPU) : device_(device) {}
 
   // float32 memory on the backend's device, zero-filled.
   class Buffer {
    public:
     Buffer() = default;
-    explicit Buffer(::torch::Tensor t) : tensor_(std::move(t)) {}
+    explicit Buffer(torch::Tensor t) : tensor_(std::move(t)) {}
     [[nodiscard]] std::span<float> span() {
       return tensor_.defined() ? std::span<float>(tensor_.data_ptr<float>(), static_cast<std::size_t>(tensor_.numel()))
                                : std::span<float>();
     }
 
    private:
-    ::torch::Tensor tensor_;
+    torch::Tensor tensor_;
   };
 
-  [[nodiscard]] Buffer allocate(std::int64_t n) { return Buffer(::torch::zeros({n}, options())); }
+  [[nodiscard]] Buffer allocate(std::int64_t n) { return Buffer(torch::zeros({n}, options())); }
 
   void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb,
             float beta, MatrixStack<float> c) {
@@ -52,9 +52,9 @@ class TorchBackend {
   }
   void normalize(MatrixStack<float> x, float eps, NormEps mode) {
     auto flat = wrap(x).view({x.batch, -1});
-    const auto norm = flat.to(::torch::kDouble).norm(2, {1}, /*keepdim=*/true);
+    const auto norm = flat.to(torch::kDouble).norm(2, {1}, /*keepdim=*/true);
     const auto denom = mode == NormEps::add ? norm + double{eps} : norm.clamp_min(double{eps});
-    flat.mul_(denom.reciprocal().to(::torch::kFloat));
+    flat.mul_(denom.reciprocal().to(torch::kFloat));
   }
   // The step's numbers are read from the step block as 0-dim tensors on the device, when the ops run.
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
@@ -63,7 +63,7 @@ class TorchBackend {
     const auto G = wrap(g) * step_value(s.values, offsetof(StepValues, grad_scale)) * gain;
     M.mul_(s.mu).add_(G);
     if (s.nesterov)
-      ::torch::add_out(U, G, M, s.mu);
+      torch::add_out(U, G, M, s.mu);
     else
       U.copy_(M);
   }
@@ -82,7 +82,7 @@ class TorchBackend {
     wrap(w).mul_(step_value(s.values, offsetof(StepValues, decay))).sub_(wrap(o) * step);
   }
   [[nodiscard]] double sum_squares(std::span<const float> x) {
-    return wrap(x).to(::torch::kDouble).square().sum().item<double>();
+    return wrap(x).to(torch::kDouble).square().sum().item<double>();
   }
   void to_host(std::span<const float> x, std::span<float> host) { host_tensor(host).copy_(wrap(x)); }
   void from_host(std::span<const float> host, std::span<float> y) {
@@ -96,45 +96,45 @@ class TorchBackend {
   class HostBuffer {
    public:
     HostBuffer() = default;
-    explicit HostBuffer(::torch::Tensor t) : tensor_(std::move(t)) {}
+    explicit HostBuffer(torch::Tensor t) : tensor_(std::move(t)) {}
     [[nodiscard]] std::span<float> span() {
       return tensor_.defined() ? std::span<float>(tensor_.data_ptr<float>(), static_cast<std::size_t>(tensor_.numel()))
                                : std::span<float>();
     }
 
    private:
-    ::torch::Tensor tensor_;
+    torch::Tensor tensor_;
   };
   [[nodiscard]] HostBuffer allocate_host(std::int64_t n) {
-    auto t = ::torch::zeros({n}, ::torch::kFloat);
+    auto t = torch::zeros({n}, torch::kFloat);
     return HostBuffer(device_.is_cuda() ? t.pin_memory() : t);
   }
 
-  [[nodiscard]] ::torch::Device device() const { return device_; }
+  [[nodiscard]] torch::Device device() const { return device_; }
 
  private:
-  [[nodiscard]] ::torch::TensorOptions options() const { return ::torch::TensorOptions().dtype(::torch::kFloat).device(device_); }
+  [[nodiscard]] torch::TensorOptions options() const { return torch::TensorOptions().dtype(torch::kFloat).device(device_); }
   template <class T>
-  ::torch::Tensor wrap(MatrixStack<T> m) const {
-    return ::torch::from_blob(const_cast<float*>(m.data), {m.batch, m.rows, m.cols}, options());
+  torch::Tensor wrap(MatrixStack<T> m) const {
+    return torch::from_blob(const_cast<float*>(m.data), {m.batch, m.rows, m.cols}, options());
   }
   template <class T>
-  ::torch::Tensor wrap(std::span<T> s) const {
-    return ::torch::from_blob(const_cast<float*>(s.data()), {static_cast<std::int64_t>(s.size())}, options());
+  torch::Tensor wrap(std::span<T> s) const {
+    return torch::from_blob(const_cast<float*>(s.data()), {static_cast<std::int64_t>(s.size())}, options());
   }
-  static ::torch::Tensor op(const ::torch::Tensor& t, Transpose tr) { return tr == Transpose::yes ? t.transpose(1, 2) : t; }
+  static torch::Tensor op(const torch::Tensor& t, Transpose tr) { return tr == Transpose::yes ? t.transpose(1, 2) : t; }
   // The float at byte `offset` of a StepValues entry, as a 0-dim tensor on the device (no copy).
-  [[nodiscard]] ::torch::Tensor step_value(const StepValues* values, std::size_t offset) const {
-    return ::torch::from_blob(const_cast<float*>(reinterpret_cast<const float*>(values) + offset / sizeof(float)), {},
+  [[nodiscard]] torch::Tensor step_value(const StepValues* values, std::size_t offset) const {
+    return torch::from_blob(const_cast<float*>(reinterpret_cast<const float*>(values) + offset / sizeof(float)), {},
                               options());
   }
-  static ::torch::Tensor host_tensor(std::span<float> s) {
-    return ::torch::from_blob(s.data(), {static_cast<std::int64_t>(s.size())}, ::torch::kFloat);
+  static torch::Tensor host_tensor(std::span<float> s) {
+    return torch::from_blob(s.data(), {static_cast<std::int64_t>(s.size())}, torch::kFloat);
   }
 
-  ::torch::Device device_;
+  torch::Device device_;
 };
 
 static_assert(Backend<TorchBackend>);
 
-}  // namespace muon::torch
+}  // namespace muon::libtorch

@@ -1,4 +1,4 @@
-// muon/torch/muon.hpp: muon::torch::Muon, a torch::optim::Optimizer running the core's hybrid
+// muon/libtorch/muon.hpp: muon::libtorch::Muon, a torch::optim::Optimizer running the core's hybrid
 // Muon/AdamW rules on LibTorch tensors (CPU or CUDA).
 //
 // Each parameter group has a role: "muon" groups run Muon (momentum → Newton–Schulz → update
@@ -8,7 +8,7 @@
 // LibTorch users expect (LR schedulers set them through get_lr/set_lr), and a step has one
 // gradient check, one clipping decision and one step count, whatever the number of groups.
 //
-//   auto opt = muon::torch::Muon(muon::torch::moonlight_param_groups(*model, muon::torch::MuonOptions(4.2e-4)));
+//   auto opt = muon::libtorch::Muon(muon::libtorch::moonlight_param_groups(*model, muon::libtorch::MuonOptions(4.2e-4)));
 //   loss.backward(); opt.step();
 //   torch::save(opt, "opt.pt"); torch::load(opt, "opt.pt");   // state and group options, bit-exact
 #pragma once
@@ -24,9 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "muon/torch/backend.hpp"
+#include "muon/libtorch/backend.hpp"
 
-namespace muon::torch {
+namespace muon::libtorch {
 
 // A group's options: the core's muon::Options (every field, by the core's names and schema) and
 // the group's role. lr and weight_decay also have LibTorch's fluent accessors, which LR
@@ -34,7 +34,7 @@ namespace muon::torch {
 //   MuonOptions(4.2e-4).weight_decay(0.1);  o.core().muon.ns.steps = 6;
 // The step-level fields of the constructor's defaults (schedule, max_grad_norm, on_non_finite)
 // apply to the whole optimizer; a group's own copies of them are not read.
-struct MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOptions> {
+struct MuonOptions : public torch::optim::OptimizerCloneableOptions<MuonOptions> {
   MuonOptions(double lr = 1e-3) { core_.lr = lr; }  // NOLINT: implicit, like LibTorch's own options
   explicit MuonOptions(muon::Options core, muon::Rule role = muon::Rule::muon) : core_(std::move(core)), role_(role) {}
 
@@ -57,12 +57,12 @@ struct MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOption
   }
 
   // Every field through the core's options schema, so nothing a group sets is lost.
-  void serialize(::torch::serialize::OutputArchive& archive) const override {
+  void serialize(torch::serialize::OutputArchive& archive) const override {
     nlohmann::json j = to_json(core_);
     j["role"] = role_ == muon::Rule::muon ? "muon" : "adamw";
     archive.write("muon_options", c10::IValue(j.dump()));
   }
-  void serialize(::torch::serialize::InputArchive& archive) override {
+  void serialize(torch::serialize::InputArchive& archive) override {
     c10::IValue text;
     archive.read("muon_options", text);
     nlohmann::json j = nlohmann::json::parse(text.toStringRef());
@@ -84,19 +84,19 @@ struct MuonOptions : public ::torch::optim::OptimizerCloneableOptions<MuonOption
 // The optimizer: one StepDriver (the step counter, the guard, clipping and the schedule, from
 // the constructor's defaults) over one Stepper per parameter group; group i reads entry i of the
 // step block, with its own lr, weight decay and rule options.
-class Muon : public ::torch::optim::Optimizer {
+class Muon : public torch::optim::Optimizer {
  public:
-  explicit Muon(std::vector<::torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {})
+  explicit Muon(std::vector<torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {})
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))) {}
-  explicit Muon(std::vector<::torch::Tensor> params, MuonOptions defaults = {})
-      : Muon({::torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+  explicit Muon(std::vector<torch::Tensor> params, MuonOptions defaults = {})
+      : Muon({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
   // One step of every group. Gradients are checked in all groups before any group changes: a
   // NaN or Inf anywhere throws muon::NonFiniteGradient (naming the parameter) and changes
   // nothing, or skips the step when the defaults say OnNonFinite::skip.
-  ::torch::Tensor step(LossClosure closure = nullptr) override {
-    ::torch::NoGradGuard no_grad;
-    ::torch::Tensor loss;
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    torch::NoGradGuard no_grad;
+    torch::Tensor loss;
     if (closure) {
       at::AutoGradMode enable_grad(true);
       loss = closure();
@@ -123,14 +123,14 @@ class Muon : public ::torch::optim::Optimizer {
 
   // Writes the step counts and, per group, its options and its stepper's whole state, keyed by
   // position (group i, parameter j) like LibTorch's own archives.
-  void save(::torch::serialize::OutputArchive& archive) const override {
+  void save(torch::serialize::OutputArchive& archive) const override {
     archive.write("muon_format", c10::IValue(std::string(kFormat)));
     archive.write("groups", c10::IValue(static_cast<std::int64_t>(param_groups_.size())));
     archive.write("step", c10::IValue(step_count()));
     archive.write("skipped_steps", c10::IValue(skipped_steps()));
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
-      ::torch::serialize::OutputArchive group(archive.compilation_unit());
-      ::torch::serialize::OutputArchive options(archive.compilation_unit());
+      torch::serialize::OutputArchive group(archive.compilation_unit());
+      torch::serialize::OutputArchive options(archive.compilation_unit());
       param_groups_[i].options().serialize(options);
       group.write("options", options);
       // A group with no stepper yet (no step since it was added) has no state to save.
@@ -138,14 +138,14 @@ class Muon : public ::torch::optim::Optimizer {
       group.write("has_state", c10::IValue(stepper != nullptr));
       if (stepper)
         for (const StateTensor& t : stepper->export_tensors())
-          group.write(t.name, ::torch::from_blob(const_cast<float*>(t.values.data()), t.shape, ::torch::kFloat).clone());
+          group.write(t.name, torch::from_blob(const_cast<float*>(t.values.data()), t.shape, torch::kFloat).clone());
       archive.write("group_" + std::to_string(i), group);
     }
   }
 
   // Restores what `save` wrote into an optimizer over the same parameters (same groups, order,
   // shapes): the group options too, which LibTorch's own load() leaves as constructed.
-  void load(::torch::serialize::InputArchive& archive) override {
+  void load(torch::serialize::InputArchive& archive) override {
     c10::IValue format, groups, step, skipped;
     archive.read("muon_format", format);
     if (format.toStringRef() != kFormat)
@@ -163,7 +163,7 @@ class Muon : public ::torch::optim::Optimizer {
     std::vector<std::vector<StateTensor>> tensors(param_groups_.size());
     std::vector<Stepper::Staged> staged(param_groups_.size());
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
-      ::torch::serialize::InputArchive group, group_options;
+      torch::serialize::InputArchive group, group_options;
       archive.read("group_" + std::to_string(i), group);
       group.read("options", group_options);
       options[i].serialize(group_options);
@@ -173,9 +173,9 @@ class Muon : public ::torch::optim::Optimizer {
       const std::string source = "group " + std::to_string(i);
       if (!steppers_[i]) throw muon::StateMismatch(source + " has saved state but no parameters here");
       for (const std::string& name : steppers_[i]->state_names()) {
-        ::torch::Tensor t;
+        torch::Tensor t;
         if (!group.try_read(name, t)) throw muon::StateMismatch(source + ": tensor '" + name + "' is missing");
-        t = t.to(::torch::kFloat).contiguous();
+        t = t.to(torch::kFloat).contiguous();
         tensors[i].push_back(
             {name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
       }
@@ -212,13 +212,13 @@ class Muon : public ::torch::optim::Optimizer {
       for (std::size_t j = 0; j < params.size(); ++j) {
         auto& p = params[j];
         const std::string name = "group" + std::to_string(i) + ".param" + std::to_string(j);
-        if (p.scalar_type() != ::torch::kFloat || !p.is_contiguous())
-          throw muon::InvalidArgument("parameter " + name + ": muon::torch::Muon takes contiguous float32 tensors");
-        if (!p.grad().defined()) p.mutable_grad() = ::torch::zeros_like(p);  // Keller's convention: no grad = zero grad
+        if (p.scalar_type() != torch::kFloat || !p.is_contiguous())
+          throw muon::InvalidArgument("parameter " + name + ": muon::libtorch::Muon takes contiguous float32 tensors");
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // Keller's convention: no grad = zero grad
         if (p.grad().is_sparse())
           throw muon::InvalidArgument("parameter " + name + " has a sparse gradient; Muon and AdamW need dense ones");
-        if (!p.grad().is_contiguous() || p.grad().scalar_type() != ::torch::kFloat)
-          p.mutable_grad() = p.grad().to(::torch::kFloat).contiguous();
+        if (!p.grad().is_contiguous() || p.grad().scalar_type() != torch::kFloat)
+          p.mutable_grad() = p.grad().to(torch::kFloat).contiguous();
         values.push_back({p.data_ptr<float>(), p.sizes().vec()});
         grads.push_back({p.grad().data_ptr<float>(), p.grad().sizes().vec()});
       }
@@ -245,17 +245,17 @@ class Muon : public ::torch::optim::Optimizer {
 // Moonlight's routing for a module: parameters of 2 or more dimensions whose names match none of
 // `adamw_name_patterns` go to a "muon" group; embeddings, the LM head (by name) and every 1-D
 // tensor go to an "adamw" group. Both groups copy `options` and set the role.
-inline std::vector<::torch::optim::OptimizerParamGroup> moonlight_param_groups(
-    ::torch::nn::Module& module, const MuonOptions& options,
+inline std::vector<torch::optim::OptimizerParamGroup> moonlight_param_groups(
+    torch::nn::Module& module, const MuonOptions& options,
     const std::vector<std::string>& adamw_name_patterns = {"embed", "lm_head"}) {
-  std::vector<::torch::Tensor> muon_params, adamw_params;
+  std::vector<torch::Tensor> muon_params, adamw_params;
   for (const auto& item : module.named_parameters()) {
     const auto& name = item.key();
     const bool by_name = std::any_of(adamw_name_patterns.begin(), adamw_name_patterns.end(),
                                      [&](const std::string& pattern) { return name.find(pattern) != std::string::npos; });
     (item.value().dim() >= 2 && !by_name ? muon_params : adamw_params).push_back(item.value());
   }
-  std::vector<::torch::optim::OptimizerParamGroup> groups;
+  std::vector<torch::optim::OptimizerParamGroup> groups;
   auto muon_options = std::make_unique<MuonOptions>(options);
   muon_options->role(muon::Rule::muon);
   auto adamw_options = std::make_unique<MuonOptions>(options);
@@ -265,4 +265,4 @@ inline std::vector<::torch::optim::OptimizerParamGroup> moonlight_param_groups(
   return groups;
 }
 
-}  // namespace muon::torch
+}  // namespace muon::libtorch

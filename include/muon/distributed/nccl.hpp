@@ -1,4 +1,4 @@
-// muon/dist/nccl.hpp: the communicator for GPU ranks, on NCCL. One rank per GPU.
+// muon/distributed/nccl.hpp: the communicator for GPU ranks, on NCCL. One rank per GPU.
 //
 // Bulk buffers are device memory; every collective is enqueued on the communicator's stream and
 // returns at once. Run the CUDA backend on the same stream: stream order then does what a wait
@@ -8,8 +8,8 @@
 // bytes. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group).
 //
 //   ncclUniqueId id;                       // rank 0: ncclGetUniqueId(&id); share it out of band
-//   muon::dist::NcclCommunicator comm(id, rank, world, stream);
-//   // or, under mpirun: auto comm = muon::dist::NcclCommunicator::from_mpi(MPI_COMM_WORLD, stream);
+//   muon::distributed::NcclCommunicator comm(id, rank, world, stream);
+//   // or, under mpirun: auto comm = muon::distributed::NcclCommunicator::from_mpi(MPI_COMM_WORLD, stream);
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "muon/cuda_check.hpp"
-#include "muon/dist/communicator.hpp"
+#include "muon/distributed/communicator.hpp"
 
 #if defined(MUON_HAS_MPI)
 #include <mpi.h>
@@ -34,13 +34,13 @@
 
 template <>
 struct muon::StatusTraits<ncclResult_t> {
-  using Exception = dist::CommError;  // the engine behind ZeRO-1 failed
+  using Exception = distributed::CommError;  // the engine behind ZeRO-1 failed
   static constexpr const char* library = "NCCL";
   static bool ok(ncclResult_t s) { return s == ncclSuccess; }
   static std::string describe(ncclResult_t s) { return ncclGetErrorString(s); }
 };
 
-namespace muon::dist {
+namespace muon::distributed {
 
 namespace detail {
 
@@ -239,4 +239,4 @@ class NcclCommunicator {
 
 static_assert(Communicator<NcclCommunicator>);
 
-}  // namespace muon::dist
+}  // namespace muon::distributed

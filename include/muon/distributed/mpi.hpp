@@ -1,12 +1,12 @@
-// muon/dist/mpi.hpp: the communicator for CPU ranks, on MPI (OpenMPI from Debian).
+// muon/distributed/mpi.hpp: the communicator for CPU ranks, on MPI (OpenMPI from Debian).
 //
 // It duplicates the communicator it is given, so its traffic never matches the caller's own
 // messages, and it turns MPI errors into CommError instead of aborting the job. Buffers are host
 // memory. `MpiEnvironment` initialises and finalises MPI for programs that do not do it themselves.
 //
-//   muon::dist::MpiEnvironment mpi(argc, argv);
-//   muon::dist::MpiCommunicator comm;                       // MPI_COMM_WORLD
-//   muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::MpiCommunicator> opt(params, options, comm);
+//   muon::distributed::MpiEnvironment mpi(argc, argv);
+//   muon::distributed::MpiCommunicator comm;                       // MPI_COMM_WORLD
+//   muon::distributed::ZeroOptimizer<muon::EigenBackend, muon::distributed::MpiCommunicator> opt(params, options, comm);
 #pragma once
 
 #include <mpi.h>
@@ -22,9 +22,9 @@
 #include <utility>
 #include <vector>
 
-#include "muon/dist/communicator.hpp"
+#include "muon/distributed/communicator.hpp"
 
-namespace muon::dist {
+namespace muon::distributed {
 
 namespace detail {
 
@@ -249,4 +249,4 @@ class MpiCommunicator {
 
 static_assert(Communicator<MpiCommunicator>);
 
-}  // namespace muon::dist
+}  // namespace muon::distributed

@@ -1,7 +1,7 @@
-// muon/dist/communicator.hpp: the seam between the ZeRO-1 layer and a distributed engine.
+// muon/distributed/communicator.hpp: the seam between the ZeRO-1 layer and a distributed engine.
 //
 // The ZeRO-1 layer (zero1.hpp) talks to its ranks through the operations of
-// `muon::dist::Communicator`, on buffers in the engine's memory space: host memory for MPI
+// `muon::distributed::Communicator`, on buffers in the engine's memory space: host memory for MPI
 // (mpi.hpp), device memory for NCCL (nccl.hpp); self.hpp is the one-rank identity. The two bulk
 // collectives take per-rank counts, because whole-matrix owners hold unequal shares; an engine
 // uses its equal-block collective when the counts are equal. They return a `Request` so that the
@@ -23,7 +23,7 @@
 
 #include "muon/error.hpp"
 
-namespace muon::dist {
+namespace muon::distributed {
 
 enum class ReduceOp { sum, avg, min, max };
 
@@ -58,4 +58,4 @@ concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span
   c.barrier();
 };
 
-}  // namespace muon::dist
+}  // namespace muon::distributed

@@ -1,4 +1,4 @@
-// muon/dist/zero1.hpp: the optimizer, sharded ZeRO-1 style over data-parallel ranks.
+// muon/distributed/zero1.hpp: the optimizer, sharded ZeRO-1 style over data-parallel ranks.
 //
 // Every rank holds the whole model and computes gradients on its own micro-batch. One step:
 //
@@ -22,9 +22,9 @@
 // nothing, and leaves no rank waiting. A failure of the engine or the device inside a step (a
 // CommError or a backend error after the guard) is not recoverable: replicas may differ.
 //
-//   muon::dist::MpiEnvironment mpi(argc, argv);
-//   muon::dist::ZeroOptimizer<muon::EigenBackend, muon::dist::MpiCommunicator> opt(
-//       params, muon::Options{.lr = 4.2e-4}, muon::dist::MpiCommunicator{});
+//   muon::distributed::MpiEnvironment mpi(argc, argv);
+//   muon::distributed::ZeroOptimizer<muon::EigenBackend, muon::distributed::MpiCommunicator> opt(
+//       params, muon::Options{.lr = 4.2e-4}, muon::distributed::MpiCommunicator{});
 //   for (...) { model.backward(local_batch); opt.step(); }
 //   opt.save("opt.safetensors");   // one file, the single-process format: loads at any world size
 #pragma once
@@ -44,8 +44,8 @@
 #include <vector>
 
 #include "muon/backend.hpp"
-#include "muon/dist/communicator.hpp"
-#include "muon/dist/plan.hpp"
+#include "muon/distributed/communicator.hpp"
+#include "muon/distributed/plan.hpp"
 #include "muon/error.hpp"
 #include "muon/parameter.hpp"
 #include "muon/state.hpp"
@@ -53,20 +53,20 @@
 #include "muon/step_driver.hpp"
 #include "muon/stepper.hpp"
 
-namespace muon::dist {
+namespace muon::distributed {
 
 struct ZeroOptions {
   // Elements per communication bucket (over all ranks); smaller buckets overlap more, larger
   // ones batch more Newton–Schulz per call.
   std::int64_t bucket_elements = PlanOptions{}.bucket_elements;
 };
-}  // namespace muon::dist
+}  // namespace muon::distributed
 template <>
-struct muon::Schema<muon::dist::ZeroOptions> {
+struct muon::Schema<muon::distributed::ZeroOptions> {
   static constexpr auto fields =
-      std::tuple{field("bucket_elements", &muon::dist::ZeroOptions::bucket_elements, Limits{.min = 1})};
+      std::tuple{field("bucket_elements", &muon::distributed::ZeroOptions::bucket_elements, Limits{.min = 1})};
 };
-namespace muon::dist {
+namespace muon::distributed {
 
 template <Backend B, Communicator C>
 class ZeroOptimizer {
@@ -83,7 +83,7 @@ class ZeroOptimizer {
     });
     check_ranks_agree(zero);
     agree([&] {
-      std::vector<TensorInfo> infos;
+      std::vector<TensorToShard> infos;
       for (const Parameter& p : params_) infos.push_back({p.name, p.value.shape, route(p)});
       plan_ = plan_zero1(infos, comm_.size(), {driver_->options().muon.ns.steps, zero.bucket_elements});
       build_shards();
@@ -159,7 +159,7 @@ class ZeroOptimizer {
   }
 
   // Collective. Writes the whole state as one file in the single-process optimizer's format
-  // (state_io.hpp), keyed by parameter name: it loads at any world size, and into
+  // (state_file.hpp), keyed by parameter name: it loads at any world size, and into
   // muon::Optimizer. Rank 0 writes it atomically; every rank gathers one parameter at a time.
   void save(const std::filesystem::path& path) {
     std::map<std::string, std::vector<float>> owned;
@@ -177,7 +177,7 @@ class ZeroOptimizer {
     });
   }
 
-  // Collective. Reads a file written by `save` here or by muon::Optimizer::save, at any world
+  // Collective. Reads a file written by `save` here or by muon::save_state, at any world
   // size. Every rank reads it (a shared file system, or a copy per node); everything is checked
   // on every rank before anything changes.
   void load(const std::filesystem::path& path) {
@@ -474,4 +474,4 @@ class ZeroOptimizer {
   std::vector<std::optional<Stepper<B>>> owners_;      // per bucket: the stepper over them
 };
 
-}  // namespace muon::dist
+}  // namespace muon::distributed
