@@ -13,30 +13,14 @@
 #include <vector>
 
 #include "custom_options.hpp"
+#include "hybrid_model.hpp"
 #include "temp_dir.hpp"
 
 namespace {
 
 using muon::test::custom_options;
 using muon::test::differing_fields;
-
-std::vector<float> values_from(unsigned seed, std::size_t n) {
-  std::vector<float> v(n);
-  for (float& x : v) {
-    seed = seed * 1664525u + 1013904223u;
-    x = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
-  }
-  return v;
-}
-
-struct Model {
-  std::vector<float> w = values_from(1, 16 * 40), emb = values_from(2, 30 * 8);
-  std::vector<float> dw = values_from(3, w.size()), demb = values_from(4, emb.size());
-  std::vector<muon::Parameter> table() {
-    return {{"w", muon::Role::matrix, {w.data(), {16, 40}}, {dw.data(), {16, 40}}},
-            {"emb", muon::Role::embedding, {emb.data(), {30, 8}}, {demb.data(), {30, 8}}}};
-  }
-};
+using Model = muon::test::HybridModel;
 
 }  // namespace
 

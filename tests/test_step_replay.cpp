@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "hybrid_model.hpp"
 #include "toy_backend.hpp"
 
 namespace {
@@ -94,28 +95,7 @@ class RecordingBackend : public muon::test::ToyBackend {
 
 static_assert(muon::Backend<RecordingBackend>);
 
-std::vector<float> values_from(unsigned seed, std::size_t n) {
-  std::vector<float> v(n);
-  for (float& x : v) {
-    seed = seed * 1664525u + 1013904223u;
-    x = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
-  }
-  return v;
-}
-
-// Muon on a matrix and an expert stack, AdamW on an embedding and a norm; fixed gradients.
-struct Model {
-  std::vector<float> w = values_from(1, 24 * 40), experts = values_from(2, 3 * 16 * 24), emb = values_from(3, 50 * 8),
-                     norm = std::vector<float>(8, 1.0f);
-  std::vector<float> dw = values_from(4, w.size()), dexperts = values_from(5, experts.size()),
-                     demb = values_from(6, emb.size()), dnorm = values_from(7, norm.size());
-  std::vector<muon::Parameter> table() {
-    return {{"w", muon::Role::matrix, {w.data(), {24, 40}}, {dw.data(), {24, 40}}},
-            {"experts", muon::Role::matrix, {experts.data(), {3, 16, 24}}, {dexperts.data(), {3, 16, 24}}},
-            {"emb", muon::Role::embedding, {emb.data(), {50, 8}}, {demb.data(), {50, 8}}},
-            {"norm", muon::Role::norm, {norm.data(), {8}}, {dnorm.data(), {8}}}};
-  }
-};
+using Model = muon::test::HybridModel;
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <muon/muon.hpp>
 #include <vector>
 
+#include "hybrid_model.hpp"
 #include "toy_backend.hpp"
 
 #ifdef MUON_HAS_EIGEN
@@ -16,30 +17,10 @@
 namespace {
 
 using muon::test::ToyBackend;
+using Model = muon::test::HybridModel;
 
-std::vector<float> random_values(std::size_t n, unsigned seed) {
-  std::vector<float> v(n);
-  unsigned s = seed;
-  for (float& x : v) {
-    s = s * 1664525u + 1013904223u;
-    x = static_cast<float>(s >> 8) / 16777216.0f - 0.5f;
-  }
-  return v;
-}
+using muon::test::lcg_values;
 
-// A small hybrid table: a Muon matrix, a 3-D expert stack, an embedding (AdamW), a norm (AdamW).
-struct Model {
-  std::vector<float> w = random_values(24 * 40, 1), experts = random_values(3 * 16 * 24, 2),
-                     emb = random_values(50 * 8, 3), norm = std::vector<float>(8, 1.0f);
-  std::vector<float> dw = random_values(w.size(), 4), dexperts = random_values(experts.size(), 5),
-                     demb = random_values(emb.size(), 6), dnorm = random_values(norm.size(), 7);
-  std::vector<muon::Parameter> table() {
-    return {{"w", muon::Role::matrix, {w.data(), {24, 40}}, {dw.data(), {24, 40}}},
-            {"experts", muon::Role::matrix, {experts.data(), {3, 16, 24}}, {dexperts.data(), {3, 16, 24}}},
-            {"emb", muon::Role::embedding, {emb.data(), {50, 8}}, {demb.data(), {50, 8}}},
-            {"norm", muon::Role::norm, {norm.data(), {8}}, {dnorm.data(), {8}}}};
-  }
-};
 
 }  // namespace
 
@@ -80,7 +61,7 @@ TEST_CASE("Eigen backend equals the toy backend on the same steps") {
 TEST_CASE("every Eigen backend operation conforms to the toy backend") {
   ToyBackend toy;
   muon::EigenBackend cpu({.ns_precision = muon::NsPrecision::fp32});
-  const auto a = random_values(2 * 6 * 9, 11), b = random_values(2 * 9 * 5, 12), c0 = random_values(2 * 6 * 5, 13);
+  const auto a = lcg_values(2 * 6 * 9, 11), b = lcg_values(2 * 9 * 5, 12), c0 = lcg_values(2 * 6 * 5, 13);
   const auto close = [](const std::vector<float>& x, const std::vector<float>& y) {
     for (std::size_t i = 0; i < x.size(); ++i) CHECK(x[i] == doctest::Approx(y[i]).epsilon(1e-5));
   };
@@ -99,7 +80,7 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
     }
   for (auto side : {muon::GramSide::rows, muon::GramSide::cols}) {
     const std::int64_t n = side == muon::GramSide::rows ? 6 : 9;
-    auto x = random_values(2 * n * n, 14);  // C must be symmetric: make it so
+    auto x = lcg_values(2 * n * n, 14);  // C must be symmetric: make it so
     for (std::int64_t k = 0; k < 2; ++k)
       for (std::int64_t i = 0; i < n; ++i)
         for (std::int64_t j = 0; j < i; ++j) x[(k * n + j) * n + i] = x[(k * n + i) * n + j];
@@ -109,7 +90,7 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
     close(x, y);
   }
   {
-    auto x = random_values(a.size(), 17), y = x;
+    auto x = lcg_values(a.size(), 17), y = x;
     toy.axpby(1.5f, a, -0.5f, x);
     cpu.axpby(1.5f, a, -0.5f, y);
     close(x, y);
@@ -131,7 +112,7 @@ TEST_CASE("every Eigen backend operation conforms to the toy backend") {
       close(ux, uy);
     }
   {
-    auto wx = c0, wy = c0, mx = random_values(c0.size(), 15), my = mx, vx = random_values(c0.size(), 16);
+    auto wx = c0, wy = c0, mx = lcg_values(c0.size(), 15), my = mx, vx = lcg_values(c0.size(), 16);
     for (float& v : vx) v = v * v;
     auto vy = vx;
     const muon::AdamWStep s{0.9f, 0.95f, 1e-8f, &values};

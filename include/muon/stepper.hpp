@@ -47,7 +47,7 @@ class Stepper {
         adamw_options_(adamw),
         muon_entry_(muon_entry),
         adamw_entry_(adamw_entry) {
-    validate(muon_options_.ns);
+    validate_rule_options(muon_options_, adamw_options_);
     validate_table(params_);
     build_state();
   }
@@ -92,7 +92,7 @@ class Stepper {
 
   // New rule options from the next update on; the state is kept.
   void set_rule_options(MuonOptions muon, AdamWOptions adamw) {
-    validate(muon.ns);
+    validate_rule_options(muon, adamw);
     muon_options_ = std::move(muon);
     adamw_options_ = adamw;
   }
@@ -190,6 +190,11 @@ class Stepper {
     std::size_t index;
     Buffer exp_avg, exp_avg_sq;
   };
+
+  static void validate_rule_options(const MuonOptions& muon, const AdamWOptions& adamw) {
+    validate_fields(muon, "MuonOptions");
+    validate_fields(adamw, "AdamWOptions");
+  }
 
   void build_state() {
     std::map<std::pair<std::int64_t, std::int64_t>, std::size_t> group_of_shape;

@@ -92,19 +92,8 @@ class TorchBackend {
   // refill the staging memory at once.
   void upload(std::span<const float> host, std::span<float> y) { from_host(host, y); }
 
-  // Host memory for the step block: pinned when the device is a GPU.
-  class HostBuffer {
-   public:
-    HostBuffer() = default;
-    explicit HostBuffer(torch::Tensor t) : tensor_(std::move(t)) {}
-    [[nodiscard]] std::span<float> span() {
-      return tensor_.defined() ? std::span<float>(tensor_.data_ptr<float>(), static_cast<std::size_t>(tensor_.numel()))
-                               : std::span<float>();
-    }
-
-   private:
-    torch::Tensor tensor_;
-  };
+  // Host memory for the step block, a CPU tensor: pinned when the device is a GPU.
+  using HostBuffer = Buffer;
   [[nodiscard]] HostBuffer allocate_host(std::int64_t n) {
     auto t = torch::zeros({n}, torch::kFloat);
     return HostBuffer(device_.is_cuda() ? t.pin_memory() : t);
@@ -113,7 +102,9 @@ class TorchBackend {
   [[nodiscard]] torch::Device device() const { return device_; }
 
  private:
-  [[nodiscard]] torch::TensorOptions options() const { return torch::TensorOptions().dtype(torch::kFloat).device(device_); }
+  [[nodiscard]] torch::TensorOptions options() const {
+    return torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  }
   template <class T>
   torch::Tensor wrap(MatrixStack<T> m) const {
     return torch::from_blob(const_cast<float*>(m.data), {m.batch, m.rows, m.cols}, options());

@@ -8,19 +8,20 @@
 // LibTorch users expect (LR schedulers set them through get_lr/set_lr), and a step has one
 // gradient check, one clipping decision and one step count, whatever the number of groups.
 //
-//   auto opt = muon::libtorch::Muon(muon::libtorch::moonlight_param_groups(*model, muon::libtorch::MuonOptions(4.2e-4)));
+//   using muon::libtorch::Muon, muon::libtorch::MuonOptions, muon::libtorch::moonlight_param_groups;
+//   auto opt = Muon(moonlight_param_groups(*model, MuonOptions(4.2e-4)));
 //   loss.backward(); opt.step();
 //   torch::save(opt, "opt.pt"); torch::load(opt, "opt.pt");   // state and group options, bit-exact
 #pragma once
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <memory>
+#include <muon/muon.hpp>
 #include <muon/options_json.hpp>
 #include <optional>
-#include <muon/muon.hpp>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -227,9 +228,10 @@ class Muon : public torch::optim::Optimizer {
       if (!steppers_[i]) {
         std::vector<muon::Parameter> table;
         for (std::size_t j = 0; j < params.size(); ++j)
-          table.push_back({"group" + std::to_string(i) + ".param" + std::to_string(j), muon::Role::matrix, values[j], grads[j],
-                           options.role()});
-        steppers_[i] = std::make_unique<Stepper>(backend, std::move(table), options.core().muon, options.core().adamw, i, i);
+          table.push_back({"group" + std::to_string(i) + ".param" + std::to_string(j), muon::Role::matrix, values[j],
+                           grads[j], options.role()});
+        steppers_[i] =
+            std::make_unique<Stepper>(backend, std::move(table), options.core().muon, options.core().adamw, i, i);
       } else {
         for (std::size_t j = 0; j < params.size(); ++j) steppers_[i]->rebind(j, values[j], grads[j]);
         steppers_[i]->set_rule_options(options.core().muon, options.core().adamw);
@@ -251,8 +253,8 @@ inline std::vector<torch::optim::OptimizerParamGroup> moonlight_param_groups(
   std::vector<torch::Tensor> muon_params, adamw_params;
   for (const auto& item : module.named_parameters()) {
     const auto& name = item.key();
-    const bool by_name = std::any_of(adamw_name_patterns.begin(), adamw_name_patterns.end(),
-                                     [&](const std::string& pattern) { return name.find(pattern) != std::string::npos; });
+    const bool by_name = std::ranges::any_of(
+        adamw_name_patterns, [&](const std::string& pattern) { return name.find(pattern) != std::string::npos; });
     (item.value().dim() >= 2 && !by_name ? muon_params : adamw_params).push_back(item.value());
   }
   std::vector<torch::optim::OptimizerParamGroup> groups;
