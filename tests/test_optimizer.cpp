@@ -218,6 +218,43 @@ TEST_CASE("save then load resumes bit-identically to an uninterrupted run") {
   std::filesystem::remove(path);
 }
 
+TEST_CASE("schedules stay finite and in [0, 1] at every step up to 2^53; longer ones are refused") {
+  const std::int64_t limit = muon::kMaxStepCount;
+  const std::vector<muon::LrSchedule> schedules{
+      muon::ConstantLr{},
+      muon::WarmupCosine{.warmup_steps = 0, .total_steps = 1, .final_ratio = 0.0},
+      muon::WarmupCosine{.warmup_steps = limit - 1, .total_steps = limit, .final_ratio = 1.0},
+      muon::WarmupStableDecay{.warmup_steps = limit, .stable_steps = limit, .decay_steps = limit, .final_ratio = 0.0},
+      muon::WarmupStableDecay{.warmup_steps = 0, .stable_steps = 0, .decay_steps = 1, .final_ratio = 0.5}};
+  for (const muon::LrSchedule& s : schedules) {
+    muon::validate(s);
+    for (const std::int64_t k : {std::int64_t{0}, std::int64_t{1}, limit / 2, limit - 2, limit - 1, limit}) {
+      const double f = muon::lr_factor(s, k);
+      CAPTURE(k);
+      CHECK(std::isfinite(f));
+      CHECK(f >= 0.0);
+      CHECK(f <= 1.0);
+    }
+  }
+  CHECK_THROWS_WITH_AS(muon::validate(muon::LrSchedule{muon::WarmupStableDecay{.stable_steps = limit + 1}}),
+                       doctest::Contains("stable_steps must be finite and in [0, 9.00719925e+15]"), muon::InvalidArgument);
+}
+
+TEST_CASE("a saved state whose step count is out of range is refused and changes nothing") {
+  Model m;
+  Opt opt(m.table());
+  train(m, opt, 1);
+  const muon::SavedState good = opt.export_state();
+  for (const std::int64_t step : {std::int64_t{-5}, std::numeric_limits<std::int64_t>::max()}) {
+    muon::SavedState bad = good;
+    bad.step = step;
+    Opt fresh(Model{}.table());
+    const std::string expected = "step is " + std::to_string(step);
+    CHECK_THROWS_WITH_AS(fresh.import_state(bad, "bad"), doctest::Contains(expected.c_str()), muon::StateMismatch);
+    CHECK(fresh.step_count() == 0);
+  }
+}
+
 TEST_CASE("load rejects a state that does not match the table, naming the first mismatch, and changes nothing") {
   const auto path = temp_path("mismatch.safetensors");
   Model m;

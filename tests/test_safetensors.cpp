@@ -305,6 +305,17 @@ TEST_CASE("safetensors: rejects a header that is not a JSON object") {
   check_header_rejected(R"("a")", "", {"not a JSON object"});
 }
 
+TEST_CASE("safetensors: a hostile header is a FileError, never a crash (numbers beyond double, deep nesting)") {
+  // nlohmann reports 1e400 with its own out_of_range; a million levels parse, then overflow the
+  // stack when copied or printed. Both must be FileErrors naming the file (muon/io/json.hpp).
+  check_header_rejected(R"({"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,4]}})", "abcd",
+                        {"not valid JSON", "number overflow"});
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  check_header_rejected(R"({"__metadata__":)" + deep + "}", "", {"nests JSON deeper than 64 levels"});
+  const std::string at_limit = "{\"__metadata__\":{\"k\":\"v\"},\"x\":" + std::string(62, '[') + std::string(62, ']') + "}";
+  check_header_rejected(at_limit, "", {"tensor 'x'"});  // parsed: the entry itself is then refused
+}
+
 TEST_CASE("safetensors: rejects malformed tensor entries") {
   check_header_rejected(R"({"w":5})", "", {"tensor 'w'", "not a JSON object"});
   check_header_rejected(R"({"w":{"shape":[1],"data_offsets":[0,4]}})", "0123",

@@ -114,8 +114,7 @@ class Optimizer {
     } catch (const InvalidArgument& e) {
       throw StateMismatch("optimizer state '" + source + "': " + e.what());
     }
-    if (state.step < 0 || state.skipped_steps < 0)
-      throw StateMismatch("optimizer state '" + source + "': negative step counts");
+    check_step_counts(state.step, state.skipped_steps, source);
     return stepper_.check_tensors(state.tensors, source);
   }
 

@@ -18,6 +18,12 @@
 
 namespace muon {
 
+// The most steps a schedule (and the step counter) is defined for: 2^53, where a step count is
+// still exact in a double, which the schedules compute in. It also keeps every sum of step
+// fields below int64's range. A saved state or an options field beyond it is refused.
+inline constexpr std::int64_t kMaxStepCount = std::int64_t{1} << 53;
+inline constexpr Limits kStepCount{.min = 0.0, .max = static_cast<double>(kMaxStepCount)};
+
 struct ConstantLr {};
 
 // Linear warmup to 1, then cosine decay to final_ratio at total_steps (held there afterwards).
@@ -74,9 +80,10 @@ struct Schema<ConstantLr> {
 template <>
 struct Schema<WarmupCosine> {
   static constexpr std::string_view kind = "warmup_cosine";
-  static constexpr auto fields = std::tuple{field("warmup_steps", &WarmupCosine::warmup_steps, kNonNegative),
-                                            field("total_steps", &WarmupCosine::total_steps, Limits{.min = 1}),
-                                            field("final_ratio", &WarmupCosine::final_ratio, kFraction)};
+  static constexpr auto fields =
+      std::tuple{field("warmup_steps", &WarmupCosine::warmup_steps, kStepCount),
+                 field("total_steps", &WarmupCosine::total_steps, Limits{.min = 1, .max = kStepCount.max}),
+                 field("final_ratio", &WarmupCosine::final_ratio, kFraction)};
   static void check(const WarmupCosine& s, const std::string& path) {
     if (s.warmup_steps >= s.total_steps)
       throw InvalidArgument(path + ".warmup_steps (" + std::to_string(s.warmup_steps) + ") must be below " + path +
@@ -86,10 +93,11 @@ struct Schema<WarmupCosine> {
 template <>
 struct Schema<WarmupStableDecay> {
   static constexpr std::string_view kind = "warmup_stable_decay";
-  static constexpr auto fields = std::tuple{field("warmup_steps", &WarmupStableDecay::warmup_steps, kNonNegative),
-                                            field("stable_steps", &WarmupStableDecay::stable_steps, kNonNegative),
-                                            field("decay_steps", &WarmupStableDecay::decay_steps, Limits{.min = 1}),
-                                            field("final_ratio", &WarmupStableDecay::final_ratio, kFraction)};
+  static constexpr auto fields =
+      std::tuple{field("warmup_steps", &WarmupStableDecay::warmup_steps, kStepCount),
+                 field("stable_steps", &WarmupStableDecay::stable_steps, kStepCount),
+                 field("decay_steps", &WarmupStableDecay::decay_steps, Limits{.min = 1, .max = kStepCount.max}),
+                 field("final_ratio", &WarmupStableDecay::final_ratio, kFraction)};
 };
 
 inline void validate(const LrSchedule& schedule) { validate_value(schedule, "LrSchedule", kAnyFinite); }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/io/json.hpp"
 #include "muon/io/safetensors.hpp"
 #include "muon/options.hpp"
 #include "muon/options_json.hpp"
@@ -51,7 +52,7 @@ inline void write_state_file(const std::filesystem::path& path, const SavedState
   if (meta.at("format") != kStateFormat) fail("format '" + meta.at("format") + "' is not '" + kStateFormat + "'");
   SavedState state;
   try {
-    state.options = options_from_json(nlohmann::json::parse(meta.at("options")));
+    state.options = options_from_json(io::parse_json(meta.at("options"), "its options"));
     state.step = std::stoll(meta.at("step"));
     state.skipped_steps = std::stoll(meta.at("skipped_steps"));
   } catch (const std::exception& e) {

@@ -85,6 +85,14 @@ inline constexpr std::size_t kAdamWEntry = 1;
           .adamw_bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(double{r.adamw.beta2}, td)))};
 }
 
+// A saved state's step counts must lie in [0, kMaxStepCount]; StateMismatch naming `source` if not.
+inline void check_step_counts(std::int64_t step, std::int64_t skipped, const std::string& source) {
+  for (const auto& [value, name] : {std::pair{step, "step"}, std::pair{skipped, "skipped_steps"}})
+    if (value < 0 || value > kMaxStepCount)
+      throw StateMismatch("optimizer state '" + source + "': " + name + " is " + std::to_string(value) +
+                          ", outside [0, 2^53]");
+}
+
 template <Backend B>
 class StepDriver {
  public:
@@ -122,6 +130,8 @@ class StepDriver {
       const double coef = options_.max_grad_norm / (report.grad_norm + 1e-6);
       if (coef < 1.0) report.grad_scale = coef;
     }
+    if (step_ >= kMaxStepCount)
+      throw InvalidArgument("the step counter reached its limit of 2^53 steps; nothing was changed");
     const double factor = lr_factor(options_.schedule, step_);
     report.lr = options_.lr * factor;
     ++step_;
@@ -162,7 +172,7 @@ class StepDriver {
 
   // Resumes from saved counts and options (validated; nothing changes if they are invalid).
   void restore(std::int64_t step, std::int64_t skipped, Options options) {
-    if (step < 0 || skipped < 0) throw InvalidArgument("StepDriver::restore: negative step counts");
+    check_step_counts(step, skipped, "StepDriver::restore");
     set_options(std::move(options));
     step_ = step;
     skipped_ = skipped;

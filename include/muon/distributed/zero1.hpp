@@ -187,6 +187,7 @@ class ZeroOptimizer {
     agree([&] {
       state = read_state_file(path);
       validate(state.options);
+      check_step_counts(state.step, state.skipped_steps, path.string());
       std::map<std::string, const StateTensor*> by_name;
       for (const StateTensor& t : state.tensors) by_name[t.name] = &t;
       std::set<std::string> expected;

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/io/json.hpp"
 #include "muon/io/atomic_file.hpp"
 #include "muon/tensor.hpp"
 
@@ -290,12 +291,9 @@ inline void File::parse_header() {
     }
     return true;
   };
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(text, text + header_size, reject_duplicates);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(std::string("header is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json header = io::parse_json(std::string_view(text, header_size),
+                                               "invalid safetensors file '" + path_.string() + "': header",
+                                               reject_duplicates);
   if (!header.is_object()) fail("header is not a JSON object");
 
   for (const auto& [name, entry] : header.items()) {

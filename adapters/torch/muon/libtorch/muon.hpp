@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <muon/io/json.hpp>
 #include <muon/muon.hpp>
 #include <muon/options_json.hpp>
 #include <optional>
@@ -66,7 +67,7 @@ struct MuonOptions : public torch::optim::OptimizerCloneableOptions<MuonOptions>
   void serialize(torch::serialize::InputArchive& archive) override {
     c10::IValue text;
     archive.read("muon_options", text);
-    nlohmann::json j = nlohmann::json::parse(text.toStringRef());
+    nlohmann::json j = muon::io::parse_json(text.toStringRef(), "group options");
     const std::string role = j.value("role", "");
     if (role != "muon" && role != "adamw")
       throw muon::StateMismatch("group options: role '" + role + "' is not \"muon\" or \"adamw\"");
@@ -157,7 +158,7 @@ class Muon : public torch::optim::Optimizer {
                                 std::to_string(param_groups_.size()));
     archive.read("step", step);
     archive.read("skipped_steps", skipped);
-    if (step.toInt() < 0 || skipped.toInt() < 0) throw muon::StateMismatch("archive has negative step counts");
+    muon::check_step_counts(step.toInt(), skipped.toInt(), "archive");
     sync_steppers();
     // Read and check every group first; install nothing until all are good.
     std::vector<MuonOptions> options(param_groups_.size());

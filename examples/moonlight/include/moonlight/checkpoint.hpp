@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/io/json.hpp"
 #include "muon/io/atomic_file.hpp"
 
 namespace moonlight {
@@ -139,7 +140,7 @@ struct VerifiedCheckpoint {
   if (!in) throw fail("has no readable trainer.json (not a training checkpoint, or an unfinished one)");
   VerifiedCheckpoint out{dir, {}, 0};
   try {
-    out.state = nlohmann::json::parse(in);
+    out.state = muon::io::read_json_file(state_file, "checkpoint '" + dir.string() + "': trainer.json");
     if (out.state.at("format") != kCheckpointFormat) throw fail("trainer.json has an unknown format");
     out.step = out.state.at("step").get<std::int64_t>();
     for (const auto& [name, expected] : out.state.at("files").items()) {

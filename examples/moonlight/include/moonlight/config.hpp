@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "muon/error.hpp"
+#include "muon/io/json.hpp"
 
 namespace moonlight {
 
@@ -246,15 +247,7 @@ inline Config Config::from_json(const nlohmann::json& j) {
 }
 
 inline Config Config::load(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw muon::FileError("cannot open config file '" + path.string() + "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw muon::FileError("config file '" + path.string() + "' is not valid JSON: " + e.what());
-  }
-  return from_json(j);
+  return from_json(muon::io::read_json_file(path, "config file '" + path.string() + "'"));
 }
 
 }  // namespace moonlight

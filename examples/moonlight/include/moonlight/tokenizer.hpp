@@ -39,6 +39,7 @@
 #include <nlohmann/json.hpp>
 
 #include <muon/error.hpp>
+#include <muon/io/json.hpp>
 
 #include "moonlight/bpe.hpp"
 #include "moonlight/pretokenizer.hpp"
@@ -249,17 +250,10 @@ class Tokenizer {
 
   // The special tokens of a Hugging Face tokenizer_config.json (see load_dir).
   static SpecialTokens read_tokenizer_config(const std::filesystem::path& file, std::int32_t num_ranks) {
-    std::ifstream in(file);
-    if (!in) throw muon::FileError("cannot open '" + file.string() + "'");
     const auto fail = [&](const std::string& what) {
       return muon::FileError("'" + file.string() + "': " + what);
     };
-    nlohmann::json config;
-    try {
-      config = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      throw fail(std::string("not valid JSON: ") + e.what());
-    }
+    const nlohmann::json config = muon::io::read_json_file(file, "'" + file.string() + "'");
     std::map<std::int32_t, std::string> named;
     if (config.contains("added_tokens_decoder")) {
       const nlohmann::json& decoder = config["added_tokens_decoder"];

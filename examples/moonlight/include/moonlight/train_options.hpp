@@ -29,6 +29,7 @@
 #include "moonlight/config.hpp"
 #include "muon/backends/eigen.hpp"
 #include "muon/error.hpp"
+#include "muon/io/json.hpp"
 #include "muon/options.hpp"
 #include "muon/options_json.hpp"
 #include "muon/schema.hpp"
@@ -149,13 +150,9 @@ namespace moonlight {
 
 // A run config file's JSON, unchecked (the command line patches it before run_config_from_json).
 [[nodiscard]] inline nlohmann::json read_run_config(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw muon::FileError("cannot open run config '" + path.string() + "'; check the --config path");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw muon::FileError("run config '" + path.string() + "' is not valid JSON: " + e.what());
-  }
+  if (!std::filesystem::exists(path))
+    throw muon::FileError("cannot open run config '" + path.string() + "'; check the --config path");
+  return muon::io::read_json_file(path, "run config '" + path.string() + "'");
 }
 
 [[nodiscard]] inline RunConfig load_run_config(const std::filesystem::path& path) {

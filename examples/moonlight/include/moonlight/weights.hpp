@@ -29,6 +29,7 @@
 #include "moonlight/config.hpp"
 #include "muon/error.hpp"
 #include "muon/io/atomic_file.hpp"
+#include "muon/io/json.hpp"
 #include "muon/io/safetensors.hpp"
 #include "muon/parameter.hpp"
 #include "muon/tensor.hpp"
@@ -179,13 +180,7 @@ inline CheckpointFiles open_checkpoint(const std::filesystem::path& dir) {
   CheckpointFiles out;
   const std::filesystem::path index_path = dir / "model.safetensors.index.json";
   if (std::filesystem::exists(index_path)) {
-    nlohmann::json index;
-    try {
-      std::ifstream in(index_path);
-      index = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw muon::FileError("index file '" + index_path.string() + "' is not valid JSON: " + e.what());
-    }
+    const nlohmann::json index = muon::io::read_json_file(index_path, "index file '" + index_path.string() + "'");
     const auto map = index.find("weight_map");
     if (map == index.end() || !map->is_object()) {
       throw muon::FileError("index file '" + index_path.string() + "' has no \"weight_map\" object");
