@@ -370,6 +370,10 @@ TEST_CASE("rank file errors name the file and the line") {
                                {"duptok.tiktoken", "line 258", "'YWI='", "line 257"});
   check_error<muon::FileError>(load("gap.tiktoken", bytes + "YWI= 257\n"), {"gap.tiktoken", "no token of rank 256"});
   check_error<muon::FileError>(load("empty.tiktoken", "\n\n"), {"empty.tiktoken", "empty"});
+  // A rank no valid file of this size can hold is refused before the tables grow to it (it
+  // allocated about 15 GB).
+  check_error<muon::FileError>(load("huge.tiktoken", "QQ== 2000000000"),
+                               {"huge.tiktoken", "line 1", "rank 2000000000 cannot occur in a file of 15 bytes"});
   // Rank 65 holding "AB" instead of "A": the byte 'A' has no token, so some texts cannot be encoded.
   std::string no_a = bytes;
   no_a.replace(no_a.find("QQ== 65\n"), 7, "QUI= 65");
@@ -434,6 +438,13 @@ TEST_CASE("load_dir reads tiktoken.model and tokenizer_config.json like Moonligh
                                {"tokenizer_config.json", "'100'", ">= 8192"});
   write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"8192": {"special": true}}})");
   check_error<muon::FileError>([&] { (void)Tokenizer::load_dir(dir.path()); }, {"'8192'", "'content'"});
+  // An id far beyond the ranks is refused before the reserved table grows to it (2^31 - 1 took
+  // gigabytes and overflowed an int); the last id still taken is 65535 beyond the ranks.
+  write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"2147483647": {"content": "x"}}})");
+  check_error<muon::FileError>([&] { (void)Tokenizer::load_dir(dir.path()); },
+                               {"'2147483647'", "more than 65536 ids beyond the 8192 ranks"});
+  write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"73727": {"content": "<|far|>"}}})");
+  CHECK(Tokenizer::load_dir(dir.path()).encode_with_special("<|far|>") == Ids{73727});
   write_text(dir / "tokenizer_config.json", R"({"eos_token": 5})");
   check_error<muon::FileError>([&] { (void)Tokenizer::load_dir(dir.path()); }, {"'eos_token'"});
   write_text(dir / "tokenizer_config.json", "{not json");

@@ -95,6 +95,12 @@ inline std::vector<std::string> read_rank_file(const std::filesystem::path& path
     return muon::FileError("tiktoken rank file '" + path.string() + "', line " +
                            std::to_string(line) + ": " + what);
   };
+  // Ranks are 0..N-1, one line each, and a line takes at least 6 bytes ("QQ== 0"): a rank of a
+  // sixth of the file's size or more cannot belong to a valid file, and is refused before the
+  // tables grow to it (a 16-byte file naming rank 2e9 would otherwise allocate gigabytes).
+  std::error_code size_error;
+  const std::uintmax_t file_bytes = std::filesystem::file_size(path, size_error);
+  const std::uintmax_t rank_limit = size_error ? 0 : file_bytes / 6 + 1;
   std::vector<std::string> tokens;
   std::vector<std::size_t> line_of_rank;  // 0 = rank not seen yet
   std::unordered_map<std::string, std::size_t> line_of_token;
@@ -120,6 +126,10 @@ inline std::vector<std::string> read_rank_file(const std::filesystem::path& path
       throw fail(number, "rank '" + std::string(rank_text) + "' is not an integer in [0, 2^31)");
     }
     const auto r = static_cast<std::size_t>(rank);
+    if (r >= rank_limit) {
+      throw fail(number, "rank " + std::to_string(rank) + " cannot occur in a file of " + std::to_string(file_bytes) +
+                             " bytes (ranks are 0..N-1, one line each)");
+    }
     if (r >= line_of_rank.size()) {
       line_of_rank.resize(r + 1, 0);
       tokens.resize(r + 1);

@@ -248,6 +248,9 @@ class Tokenizer {
     });
   }
 
+  // Special ids go up to this many beyond the ranks (Moonlight has 256).
+  static constexpr std::int64_t kMaxSpecialTokens = 1 << 16;
+
   // The special tokens of a Hugging Face tokenizer_config.json (see load_dir).
   static SpecialTokens read_tokenizer_config(const std::filesystem::path& file, std::int32_t num_ranks) {
     const auto fail = [&](const std::string& what) {
@@ -264,6 +267,12 @@ class Tokenizer {
         if (ec != std::errc{} || end != key.data() + key.size() || id < num_ranks) {
           throw fail("'added_tokens_decoder' key '" + key + "' is not an id >= " +
                      std::to_string(num_ranks) + " (the number of ranks)");
+        }
+        // Ids between the ranks and the last named one are all materialised (reserved names), so
+        // an id far beyond the ranks would allocate without bound (2^31 - 1 took gigabytes).
+        if (std::int64_t{id} - num_ranks >= kMaxSpecialTokens) {
+          throw fail("'added_tokens_decoder' key '" + key + "' is more than " + std::to_string(kMaxSpecialTokens) +
+                     " ids beyond the " + std::to_string(num_ranks) + " ranks (the most special tokens taken)");
         }
         if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string()) {
           throw fail("'added_tokens_decoder'.'" + key + "' has no string 'content'");
