@@ -35,6 +35,11 @@ inline Options custom_options() {
   return o;
 }
 
+// The paths of the fields where a and b differ.
+inline std::vector<std::string> differing_fields(const Options& a, const Options& b) {
+  return muon::differing_fields(a, b, "Options");
+}
+
 // The paths of the fields of `o` that still hold their default value.
 inline std::vector<std::string> fields_at_default(const Options& o) {
   std::vector<std::string> same;
@@ -42,15 +47,6 @@ inline std::vector<std::string> fields_at_default(const Options& o) {
   for (std::size_t i = 0; i < set.size(); ++i)
     if (set[i].hash == defaults[i].hash) same.push_back(set[i].path);
   return same;
-}
-
-// The paths of the fields where a and b differ.
-inline std::vector<std::string> differing_fields(const Options& a, const Options& b) {
-  std::vector<std::string> out;
-  const auto x = field_fingerprints(a, "Options"), y = field_fingerprints(b, "Options");
-  for (std::size_t i = 0; i < x.size(); ++i)
-    if (x[i].hash != y[i].hash) out.push_back(x[i].path);
-  return out;
 }
 
 }  // namespace muon::test

@@ -288,13 +288,20 @@ template <HasSchema S>
   return out;
 }
 
+// The paths (under `path`) of the fields where a and b differ.
+template <HasSchema S>
+[[nodiscard]] std::vector<std::string> differing_fields(const S& a, const S& b, const std::string& path) {
+  std::vector<std::string> out;
+  const auto x = field_fingerprints(a, path), y = field_fingerprints(b, path);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (x[i].hash != y[i].hash) out.push_back(x[i].path);
+  return out;
+}
+
 // Whether two values are equal in every field of their tables.
 template <HasSchema S>
 [[nodiscard]] bool equal_fields(const S& a, const S& b) {
-  const auto x = field_fingerprints(a, ""), y = field_fingerprints(b, "");
-  for (std::size_t i = 0; i < x.size(); ++i)
-    if (x[i].hash != y[i].hash) return false;
-  return true;
+  return differing_fields(a, b, "").empty();
 }
 
 }  // namespace muon

@@ -22,7 +22,6 @@
 #include <string>
 #include <string_view>
 #include <utility>
-#include <vector>
 
 #include "muon/backend.hpp"
 #include "muon/error.hpp"
@@ -136,10 +135,10 @@ class StepDriver {
     report.lr = options_.lr * factor;
     ++step_;
     report.step = step_;
-    std::vector<StepValues> values;
-    values.reserve(rates.size());
-    for (const GroupRates& r : rates) values.push_back(step_values(r, factor, report.grad_scale, step_));
-    std::memcpy(host_.span().data(), values.data(), values.size() * sizeof(StepValues));
+    for (std::size_t i = 0; i < rates.size(); ++i) {
+      const StepValues v = step_values(rates[i], factor, report.grad_scale, step_);
+      std::memcpy(host_.span().data() + i * kStepValuesFloats, &v, sizeof v);
+    }
     return report;
   }
   StepReport begin_step(const GradientCheck& check, std::string_view note = "") {

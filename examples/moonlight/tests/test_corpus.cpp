@@ -47,7 +47,7 @@ moonlight::TokenStream numbered_stream(std::int32_t n) {
 
 }  // namespace
 
-TEST_CASE("text becomes documents joined by eos; the separator splits fortune files") {
+TEST_CASE("text becomes documents joined by eos, and the separator splits fortune files") {
   muon::test::TempDir dir("corpus_text");
   const auto& tok = fortunes_tokenizer();
   const fs::path file = write(dir.path() / "f.txt", "A fool and his money.\n%\nTo be or not.\n%\n");
@@ -66,7 +66,7 @@ TEST_CASE("text becomes documents joined by eos; the separator splits fortune fi
   CHECK(split.text_bytes == 40);
 }
 
-TEST_CASE("a directory stands for its files in name order; a shard round-trips") {
+TEST_CASE("a directory stands for its files in name order, and a shard round-trips") {
   muon::test::TempDir dir("corpus_dir");
   const auto& tok = fortunes_tokenizer();
   fs::create_directories(dir.path() / "d");

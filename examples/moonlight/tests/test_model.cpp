@@ -124,7 +124,7 @@ TEST_CASE("the KV cache holds kv_lora_rank + qk_rope_head_dim floats per token a
   CHECK(KvCache(moonlight).bytes_per_token() == 62'208);
 }
 
-TEST_CASE("sampling is deterministic for a seed; top_k 1 and temperature 0 are greedy") {
+TEST_CASE("sampling is deterministic for a seed, and top_k 1 and temperature 0 are greedy") {
   const Model model = Model::load(fixture("tiny_moonlight"));
   const std::vector<std::int32_t> prompt{3, 1, 4, 1, 5, 9, 2, 6};
   const auto run = [&](moonlight::SamplingOptions o) {
