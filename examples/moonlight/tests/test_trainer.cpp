@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "moonlight/checkpoint.hpp"
 #include "moonlight/config.hpp"
 #include "moonlight/corpus.hpp"
+#include "moonlight/metrics_log.hpp"
 #include "moonlight/train_options.hpp"
 #include "moonlight/trainer.hpp"
 #include "muon/distributed/self.hpp"
@@ -169,6 +171,133 @@ TEST_CASE("a checkpoint is a Hugging Face directory, its latest link moves, and 
   CHECK_THROWS_WITH_AS(moonlight::open_checkpoint(dir.path()),
                        doctest::Contains("file 'optimizer.safetensors' does not match its recorded size and CRC-32"),
                        muon::FileError);
+}
+
+namespace {
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void write_text(const fs::path& file, const std::string& text) { std::ofstream(file, std::ios::binary) << text; }
+
+// Rewrites a checkpoint's manifest after `edit`, with its own CRC recomputed: damage that the
+// manifest's CRC cannot catch, as a crafted checkpoint would be.
+template <class Edit>
+void reseal(const fs::path& dir, Edit&& edit) {
+  nlohmann::json manifest = nlohmann::json::parse(read_text(dir / "manifest.json"));
+  edit(manifest);
+  manifest["crc32"] = moonlight::detail::crc32_of(moonlight::detail::manifest_body(manifest));
+  write_text(dir / "manifest.json", manifest.dump(2));
+}
+// The manifest entry of a file as it is now.
+void record(nlohmann::json& manifest, const fs::path& dir, const std::string& name) {
+  const moonlight::detail::FileDigest d = moonlight::detail::digest_file(dir / name);
+  manifest["files"][name] = {{"bytes", d.size}, {"crc32", d.crc32}};
+}
+
+std::vector<std::int64_t> metrics_steps(const fs::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::vector<std::int64_t> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<std::int64_t>());
+  return steps;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint is verified as one unit: the manifest, every file, the names and the step") {
+  muon::test::TempDir dir("train_manifest");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  o.steps = 6;
+  Trainer trainer(tiny_run(o), data, tokenizer_file, dir.path() / "run", {});
+  (void)train(trainer);
+  const fs::path step3 = dir.path() / "run" / "checkpoints" / "step-00000003";
+  const fs::path step6 = dir.path() / "run" / "checkpoints" / "step-00000006";
+  CHECK(moonlight::open_checkpoint(step3).step == 3);
+
+  int copies = 0;
+  // A copy of the step-3 checkpoint under `name`, damaged by `damage`; opening it must fail
+  // with a FileError whose message contains `expected`.
+  const auto refused = [&](const char* name, auto&& damage, const std::string& expected) {
+    const fs::path copy = dir.path() / ("copy" + std::to_string(copies++)) / name;
+    fs::create_directories(copy.parent_path());
+    fs::copy(step3, copy);
+    damage(copy);
+    CHECK_THROWS_WITH_AS((void)moonlight::open_checkpoint(copy), doctest::Contains(expected.c_str()), muon::FileError);
+  };
+  const char* const step3_name = "step-00000003";
+  refused(step3_name, [](const fs::path& d) { fs::remove(d / "manifest.json"); }, "has no manifest.json");
+  refused(step3_name, [](const fs::path& d) {
+    std::string t = read_text(d / "trainer.json");
+    t.replace(t.find("\"step\": 3"), 9, "\"step\": 4");
+    write_text(d / "trainer.json", t);
+  }, "file 'trainer.json' does not match its recorded size and CRC-32");
+  refused(step3_name, [](const fs::path& d) {
+    std::string t = read_text(d / "manifest.json");
+    t.replace(t.find("\"step\": 3"), 9, "\"step\": 4");
+    write_text(d / "manifest.json", t);
+  }, "manifest.json does not match its own CRC-32");
+  refused(step3_name, [](const fs::path& d) {
+    reseal(d, [](nlohmann::json& m) { m["files"]["../trainer.json"] = m["files"]["trainer.json"]; });
+  }, "lists '../trainer.json', which is not a plain file name");
+  refused(step3_name, [](const fs::path& d) {
+    reseal(d, [](nlohmann::json& m) { m["files"]["/dev/zero"] = {{"bytes", 0}, {"crc32", 0}}; });
+  }, "lists '/dev/zero', which is not a plain file name");
+  refused(step3_name, [](const fs::path& d) { reseal(d, [](nlohmann::json& m) { m["step"] = 4; }); },
+          "manifest.json is of step 4 but the directory is named step-00000003");
+  refused("renamed", [](const fs::path& d) { reseal(d, [](nlohmann::json& m) { m["step"] = 4; }); },
+          "trainer.json is of step 3 but manifest.json of step 4");
+  refused(step3_name, [](const fs::path& d) { write_text(d / "notes.txt", "hi"); },
+          "'notes.txt' is not in manifest.json");
+  refused(step3_name, [](const fs::path& d) {
+    fs::rename(d / "tiktoken.model", d / "tokenizer-copy");
+    fs::create_symlink("tokenizer-copy", d / "tiktoken.model");
+    reseal(d, [&](nlohmann::json& m) { record(m, d, "tokenizer-copy"); });
+  }, "'tiktoken.model' is not a regular file");
+  refused(step3_name, [](const fs::path& d) {
+    std::string t = read_text(d / "trainer.json");
+    t.replace(t.find("\"tokens\": "), 10, "\"tokens\": 1e300, \"was\": ");
+    write_text(d / "trainer.json", t);
+    reseal(d, [&](nlohmann::json& m) { record(m, d, "trainer.json"); });
+  }, "trainer.json: \"tokens\" is 1e+300, expected an integer");
+
+  // The optimizer state of another step, in an otherwise consistent checkpoint: the trainer refuses it.
+  const fs::path mixed = dir.path() / "mixed" / "step-00000003";
+  fs::create_directories(mixed.parent_path());
+  fs::copy(step3, mixed);
+  fs::copy_file(step6 / "optimizer.safetensors", mixed / "optimizer.safetensors", fs::copy_options::overwrite_existing);
+  reseal(mixed, [&](nlohmann::json& m) { record(m, mixed, "optimizer.safetensors"); });
+  Trainer resumed(tiny_run(o), data, tokenizer_file, dir.path() / "mixed", {});
+  CHECK_THROWS_WITH_AS(resumed.resume(moonlight::open_checkpoint(mixed)),
+                       doctest::Contains("is of step 3 but its optimizer state has taken 6 steps"), muon::StateMismatch);
+}
+
+TEST_CASE("metrics.jsonl: a fresh run starts it anew, a resumed one keeps each earlier step once") {
+  muon::test::TempDir dir("train_metrics");
+  const fs::path file = dir.path() / "metrics.jsonl";
+  write_text(file, "{\"step\":1}\n{\"step\":2,\"loss\":1}\n{\"step\":2,\"loss\":2}\nnot json\n{\"step\":3}\n{\"step\":4,\"lo");
+  (void)moonlight::MetricsLog::resume(file, 3);
+  CHECK(read_text(file) == "{\"step\":1}\n{\"step\":2,\"loss\":1}\n{\"step\":3}\n");
+
+  // A run killed before its first checkpoint left lines; a fresh start replaces them.
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  o.steps = 2;
+  o.checkpoint_every = 0;
+  Trainer trainer(tiny_run(o), data, tokenizer_file, dir.path(), {});
+  (void)train(trainer);
+  CHECK(metrics_steps(file) == std::vector<std::int64_t>{1, 2});
+
+  // A step's line is written before its checkpoint: when the checkpoint cannot be written (here
+  // `checkpoints` is a file), the line of its step is already there.
+  const fs::path blocked = dir.path() / "blocked";
+  fs::create_directories(blocked);
+  write_text(blocked / "checkpoints", "");
+  Trainer failing(tiny_run(fast_options()), data, tokenizer_file, blocked, {});
+  CHECK_THROWS_AS(train(failing), fs::filesystem_error);
+  CHECK(metrics_steps(blocked / "metrics.jsonl") == std::vector<std::int64_t>{1, 2, 3});
 }
 
 TEST_CASE("micro-batches with accumulation give the step of one large batch") {

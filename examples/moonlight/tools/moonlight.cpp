@@ -7,7 +7,8 @@
 //   moonlight chat --model DIR
 //
 // DIR is a Hugging Face checkpoint directory: config.json, model.safetensors (or shards with
-// model.safetensors.index.json) in F32/BF16/F16, tiktoken.model and tokenizer_config.json.
+// model.safetensors.index.json) in F32/BF16/F16, tiktoken.model and tokenizer_config.json; or a
+// checkpoint `train` wrote (or its run directory), which is verified against its manifest first.
 // `generate` encodes the prompt as is (special-token strings become their ids, as Moonlight's
 // tokenizer does); `chat` renders the conversation with the Instruct chat template. Both stream
 // tokens as they come and stop on the config's eos_token_id or the tokenizer's eos token.
@@ -21,6 +22,7 @@
 #include <CLI/CLI.hpp>
 
 #include <moonlight/chat_template.hpp>
+#include <moonlight/checkpoint.hpp>
 #include <moonlight/generate.hpp>
 #include <moonlight/model.hpp>
 #include <moonlight/tokenizer.hpp>
@@ -40,7 +42,16 @@ struct Loaded {
   std::vector<std::int32_t> stop_ids;
 };
 
-Loaded load(const std::filesystem::path& dir) {
+// A directory `train` wrote is verified against its manifest first; a plain Hugging Face directory
+// carries no checksums, and the user is told so.
+Loaded load(const std::filesystem::path& path) {
+  std::filesystem::path dir = path;
+  if (moonlight::has_manifest(path)) {
+    dir = moonlight::open_checkpoint(path).dir;
+  } else {
+    std::fprintf(stderr, "moonlight: note: '%s' has no checkpoint manifest (a plain Hugging Face directory); "
+                 "its files are read without checksum verification\n", path.c_str());
+  }
   Loaded out{moonlight::Model::load(dir), moonlight::Tokenizer::load_dir(dir), {}};
   out.stop_ids = out.model.config().eos_token_ids;
   if (const auto eos = out.tokenizer.eos_id()) out.stop_ids.push_back(*eos);

@@ -81,7 +81,7 @@ int train(const TrainArgs& args, C comm) {
                                   "(override single fields with --steps, --lr, ...)");
     }
     checkpoint = open_checkpoint(args.out);
-    nlohmann::json saved = checkpoint->state.at("run");
+    nlohmann::json saved = checkpoint->state.run;
     saved.merge_patch(args.overrides);
     run = run_config_from_json(saved, (checkpoint->dir / "trainer.json").string());
   } else {
@@ -103,9 +103,9 @@ int train(const TrainArgs& args, C comm) {
   const PackedSequences data(read_corpus(expand_corpus_paths(args.data), tokenizer, {args.document_separator}),
                              run.training.seq_len, run.training.val_fraction);
   const nlohmann::json fingerprint = data_fingerprint(data);
-  if (checkpoint && checkpoint->state.value("data", nlohmann::json()) != fingerprint) {
+  if (checkpoint && checkpoint->state.data != fingerprint) {
     throw muon::InvalidArgument("--data differs from the corpus run '" + args.out.string() + "' was trained on (" +
-                                checkpoint->state.value("data", nlohmann::json()).dump() + " vs " + fingerprint.dump() +
+                                checkpoint->state.data.dump() + " vs " + fingerprint.dump() +
                                 "); pass the same files and --doc-separator to resume");
   }
   if (rank0) {

@@ -13,7 +13,8 @@
 // The k-th sequence of the run is fixed by the seed (corpus.hpp), so resuming from a checkpoint
 // (checkpoint.hpp) continues exactly as an uninterrupted run would, bit for bit.
 //
-// Rank 0 appends one JSON line per step to RUN/metrics.jsonl and writes the checkpoints.
+// Rank 0 appends one JSON line per step to RUN/metrics.jsonl (metrics_log.hpp) and writes the
+// checkpoints.
 //
 //   moonlight::Trainer trainer(run, data, tokenizer_file, run_dir, muon::distributed::SelfCommunicator{});
 //   trainer.train([](const moonlight::StepMetrics& m) { ... });
@@ -26,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
@@ -43,6 +45,7 @@
 #include "moonlight/checkpoint.hpp"
 #include "moonlight/config.hpp"
 #include "moonlight/corpus.hpp"
+#include "moonlight/metrics_log.hpp"
 #include "moonlight/train_options.hpp"
 #include "moonlight/weights.hpp"
 #include "muon/backends/eigen.hpp"
@@ -117,11 +120,11 @@ class Trainer {
   // A fresh run: weights initialised from training.seed. `data_identity` goes into every
   // checkpoint, so that a resume can check it is given the same corpus.
   Trainer(RunConfig run, const PackedSequences& data, std::filesystem::path tokenizer_file,
-          std::filesystem::path run_dir, C comm, nlohmann::json data_identity = {})
+          std::filesystem::path run_dir, C comm, nlohmann::json data_identity = nlohmann::json::object())
       : run_(std::move(run)),
         data_(data),
         data_identity_(std::move(data_identity)),
-        tokenizer_file_(std::move(tokenizer_file)),
+        tokenizer_bytes_(read_tokenizer(tokenizer_file)),
         run_dir_(std::move(run_dir)),
         weights_(run_.model),
         grads_(weights_.data().size(), 0.0f),
@@ -150,19 +153,17 @@ class Trainer {
                                 std::to_string(checkpoint.step) + " but its optimizer state has taken " +
                                 std::to_string(step()) + " steps");
     std::ranges::copy(loaded.data(), weights_.data().begin());
-    tokens_ = checkpoint.state.at("tokens").get<std::int64_t>();
-    if (rank0()) truncate_metrics_after(step());
+    tokens_ = checkpoint.state.tokens;
+    resumed_ = true;
   }
 
   // Trains up to training.steps, calling on_step after every step (on every rank).
   void train(const std::function<void(const StepMetrics&)>& on_step) {
     const TrainOptions& o = run_.training;
     std::filesystem::create_directories(run_dir_);
-    std::ofstream metrics;
-    if (rank0()) {
-      metrics.open(run_dir_ / "metrics.jsonl", std::ios::app);
-      if (!metrics) throw muon::FileError("cannot write '" + (run_dir_ / "metrics.jsonl").string() + "'");
-    }
+    const std::filesystem::path metrics_file = run_dir_ / "metrics.jsonl";
+    if (rank0() && !metrics_)
+      metrics_.emplace(resumed_ ? MetricsLog::resume(metrics_file, step()) : MetricsLog::fresh(metrics_file));
     while (step() < o.steps) {
       StepMetrics m = train_step();
       const bool last = step() == o.steps;
@@ -170,8 +171,12 @@ class Trainer {
         m.val_loss = evaluate();
         m.expert_load = moe_loads(load_);
       }
-      if (last || (o.checkpoint_every > 0 && step() % o.checkpoint_every == 0)) save_checkpoint();
-      if (rank0()) metrics << to_json(m).dump() << '\n' << std::flush;
+      // The line before the checkpoint, made durable: a checkpoint never outruns its metrics.
+      if (rank0()) metrics_->append(to_json(m));
+      if (last || (o.checkpoint_every > 0 && step() % o.checkpoint_every == 0)) {
+        if (rank0()) metrics_->sync();
+        save_checkpoint();
+      }
       on_step(m);
     }
   }
@@ -312,22 +317,18 @@ class Trainer {
     optimizer_.save(run_dir_ / "checkpoints" / ("." + checkpoint_name(step()) + ".tmp") / "optimizer.safetensors");
     if (!rank0()) return;
     weights_.save(staging, run_.model);
-    std::filesystem::copy_file(tokenizer_file_, staging / "tiktoken.model");
-    commit_checkpoint(run_dir_, step(), staging, {{"tokens", tokens_}, {"data", data_identity_}, {"run", to_json(run_)}},
+    muon::io::write_file_atomically(staging / "tiktoken.model", tokenizer_bytes_, "tokenizer copy");
+    commit_checkpoint(run_dir_, step(), staging, {.tokens = tokens_, .data = data_identity_, .run = to_json(run_)},
                       run_.training.keep_checkpoints);
   }
 
-  // Drops metrics of steps after `step` (written before a crash, past the checkpoint resumed).
-  void truncate_metrics_after(std::int64_t step) {
-    const std::filesystem::path path = run_dir_ / "metrics.jsonl";
-    if (!std::filesystem::exists(path)) return;
-    std::ifstream in(path);
-    std::string kept, line;
-    while (std::getline(in, line)) {
-      const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.value("step", std::int64_t{0}) <= step) kept += line + "\n";
-    }
-    muon::io::write_file_atomically(path, kept, "metrics");
+  // The rank file as the run started with it: every checkpoint holds that tokenizer.
+  static std::string read_tokenizer(const std::filesystem::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw muon::FileError("cannot open tokenizer '" + file.string() + "'");
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) throw muon::FileError("cannot read tokenizer '" + file.string() + "'");
+    return bytes;
   }
 
   [[nodiscard]] ExpertLoad empty_load() const {
@@ -370,7 +371,7 @@ class Trainer {
   RunConfig run_;
   const PackedSequences& data_;
   nlohmann::json data_identity_;
-  std::filesystem::path tokenizer_file_;
+  std::string tokenizer_bytes_;
   std::filesystem::path run_dir_;
   Weights weights_;
   std::vector<float> grads_;
@@ -379,6 +380,8 @@ class Trainer {
   SequenceOrder order_;
   ExpertLoad load_;
   std::int64_t tokens_ = 0;
+  bool resumed_ = false;
+  std::optional<MetricsLog> metrics_;  // rank 0's, opened by the first train()
 };
 
 }  // namespace moonlight
