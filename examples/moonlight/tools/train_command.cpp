@@ -10,18 +10,29 @@
 // A run directory gets metrics.jsonl (one JSON line per step), loss.png (the loss curves),
 // checkpoints/step-N/ and `latest` (checkpoint.hpp). Without --resume an existing run is never
 // overwritten; with it, the run continues from RUN/latest with the run config saved there.
+//
+// Under mpirun the ranks either all train the same run or all fail, with the message printed:
+//   - before the first collective, they agree on the run (rank_agreement.hpp: --resume and its
+//     step, the run config after the flags, the corpus fingerprint); a difference makes every
+//     rank exit 1 and rank 0 print the first differing field with both values;
+//   - any other error is printed by the rank that meets it ("moonlight: rank R of N: ..."), which
+//     then calls MPI_Abort: the others may be waiting for it in a collective, where MPI_Finalize
+//     would wait forever, so the whole job ends, non-zero.
 #include "train_command.hpp"
 #include "loss_curves.hpp"
+#include "rank_agreement.hpp"
 
 #include <zlib.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <moonlight/checkpoint.hpp>
@@ -108,6 +119,9 @@ int train(const TrainArgs& args, C comm) {
                                 checkpoint->state.data.dump() + " vs " + fingerprint.dump() +
                                 "); pass the same files and --doc-separator to resume");
   }
+  // Everything above is this rank's own work; the trainer's constructor is the first collective.
+  agree_on_run(comm, run_facts(args.resume, checkpoint ? nlohmann::json(checkpoint->step) : nlohmann::json(),
+                               to_json(run), fingerprint));
   if (rank0) {
     std::printf("corpus: %lld documents, %lld tokens -> %lld training + %lld validation sequences of %lld tokens\n",
                 static_cast<long long>(data.stream().documents), static_cast<long long>(data.stream().tokens.size()),
@@ -159,12 +173,35 @@ int train(const TrainArgs& args, C comm) {
   return 0;
 }
 
+#ifdef MUON_HAS_MPI
+// A failure on one rank: its message, then the whole job ends. The other ranks may be waiting for
+// this one in a collective, so MPI_Finalize (a collective too) would hang; MPI_Abort ends them all.
+[[noreturn]] void abort_ranks(int rank, int size, const char* message) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "moonlight: rank %d of %d: %s\n", rank, size, message);
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();  // MPI_Abort does not return
+}
+#endif
+
 // Runs `train` on MPI when started by mpirun (and built with MPI), else in this process alone.
 int train_dispatch(const TrainArgs& args, int& argc, char**& argv) {
 #ifdef MUON_HAS_MPI
   if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr) {
     const muon::distributed::MpiEnvironment mpi(argc, argv);
-    return train(args, muon::distributed::MpiCommunicator{});
+    muon::distributed::MpiCommunicator comm;
+    const int rank = comm.rank(), size = comm.size();
+    try {
+      return train(args, std::move(comm));
+    } catch (const RanksDisagree& e) {  // every rank threw it at the same point: none waits, all end normally
+      if (rank == 0) std::fprintf(stderr, "moonlight: %s\n", e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      abort_ranks(rank, size, e.what());
+    } catch (...) {
+      abort_ranks(rank, size, "an exception that is not a std::exception");
+    }
   }
 #endif
   (void)argc;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <span>
@@ -69,10 +70,12 @@ inline int mpi_count(std::int64_t n, const char* what) {
 }  // namespace detail
 
 // Initialises MPI (with MPI_THREAD_FUNNELED: only the main thread calls MPI, OpenMP threads do
-// not) unless it already is, and finalises it on destruction if it initialised it.
+// not) unless it already is, and finalises it on destruction if it initialised it, except while
+// an exception unwinds: MPI_Finalize waits for every rank, and another rank may be waiting for
+// this one in a collective. Then the process exits without it, and mpirun ends the whole job.
 class MpiEnvironment {
  public:
-  MpiEnvironment(int& argc, char**& argv) {
+  MpiEnvironment(int& argc, char**& argv) : uncaught_(std::uncaught_exceptions()) {
     int initialised = 0;
     MPI_Initialized(&initialised);
     if (initialised) return;
@@ -87,11 +90,12 @@ class MpiEnvironment {
   MpiEnvironment(const MpiEnvironment&) = delete;
   MpiEnvironment& operator=(const MpiEnvironment&) = delete;
   ~MpiEnvironment() {
-    if (owns_) MPI_Finalize();
+    if (owns_ && std::uncaught_exceptions() <= uncaught_) MPI_Finalize();
   }
 
  private:
   bool owns_ = false;
+  int uncaught_ = 0;
 };
 
 class MpiCommunicator {
