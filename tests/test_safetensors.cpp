@@ -357,6 +357,38 @@ TEST_CASE("safetensors: rejects unknown dtypes, negative dims and size mismatche
       {"tensor 'w'", "too large"});
 }
 
+TEST_CASE("safetensors: a zero dimension does not hide an overflowing product of the others (issue 14)") {
+  // [0, 2^62, 2^62] holds no bytes, but TensorInfo::numel would multiply 2^62 by 2^62 first.
+  check_header_rejected(
+      R"({"w":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})", "",
+      {"tensor 'w'", "\"shape\"", "too large"});
+  check_header_rejected(
+      R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]}})", "",
+      {"tensor 'w'", "\"shape\"", "too large"});
+  // Non-zero dims whose product fits stay valid beside a zero.
+  const TempDir dir;
+  write_file(dir / "empty.safetensors",
+             file_bytes(R"({"w":{"dtype":"F32","shape":[0,3037000499,3037000499],"data_offsets":[0,0]}})", ""));
+  CHECK(st::File::open(dir / "empty.safetensors").info("w").numel() == 0);
+  CHECK_THROWS_AS(st::tensor_f32("w", {0, std::int64_t{1} << 62, std::int64_t{1} << 62}, {}), muon::InvalidArgument);
+}
+
+TEST_CASE("safetensors: more than kMaxDims dimensions and a header beyond kMaxHeaderBytes are refused") {
+  check_header_rejected(R"({"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})", "0123",
+                        {"tensor 'w'", "\"shape\" has 9 dimensions", "8 allowed"});
+  // The length prefix claims more than the limit; the file holds that many bytes only sparsely.
+  const TempDir dir;
+  const fs::path path = dir / "huge_header.safetensors";
+  const std::uint64_t n = st::kMaxHeaderBytes + 8;
+  std::string prefix(8, '\0');
+  std::memcpy(prefix.data(), &n, 8);
+  write_file(path, prefix);
+  fs::resize_file(path, 8 + n);
+  const std::string message = open_error(path);
+  CHECK(message.find(path.string()) != std::string::npos);
+  CHECK(message.find("header length 100000008 exceeds the limit of 100000000 bytes") != std::string::npos);
+}
+
 TEST_CASE("safetensors: rejects overlapping, gapped or partial data layouts") {
   check_header_rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                         R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",

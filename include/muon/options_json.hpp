@@ -110,7 +110,8 @@ void value_from_json(const nlohmann::json& j, T& value, const std::string& path,
   } else {
     static_assert(HasSchema<T>, "a field's type needs a Schema to be read from JSON");
     if (!j.is_object()) fail("an object");
-    for (const auto& [key, v] : j.items()) {
+    for (const auto& item : j.items()) {
+      const std::string& key = item.key();  // not a structured binding: clang 14 cannot capture one
       bool known = false;
       for_each_field(value, [&](const auto& f, auto&) { known = known || f.name == key; });
       if (!known) throw InvalidArgument(path + "." + key + " is not an option (see the fields of " + path + ")");

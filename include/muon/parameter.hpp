@@ -10,6 +10,8 @@
 //       {"model.layers.0.mlp.up_proj.weight", muon::Role::matrix, {w.data(), {F, D}}, {dw.data(), {F, D}}}};
 #pragma once
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 #include <set>
 #include <span>
@@ -52,10 +54,12 @@ inline void check_gradient(const Parameter& p) {
 }
 
 // A table an optimizer can take: non-empty, unique non-empty names, positive dimensions, bound
-// values and gradients of matching shapes, and a rule each parameter can follow.
+// values and gradients of matching shapes, element counts (each and in all) within int64, and a
+// rule each parameter can follow.
 inline void validate_table(std::span<const Parameter> params) {
   if (params.empty()) throw InvalidArgument("the parameter table is empty: give the optimizer at least one parameter");
   std::set<std::string> seen;
+  std::int64_t total = 0;
   for (const Parameter& p : params) {
     if (p.name.empty()) throw InvalidArgument("a parameter has an empty name; every parameter needs a unique name");
     if (!seen.insert(p.name).second) throw InvalidArgument("parameter name '" + p.name + "' appears twice");
@@ -63,6 +67,12 @@ inline void validate_table(std::span<const Parameter> params) {
       if (d <= 0)
         throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
                               "; every dimension must be positive");
+    // The steppers divide by rows × cols and sum element counts: both must fit int64.
+    const std::optional<std::int64_t> n = checked_numel(p.value.shape);
+    if (!n || total > std::numeric_limits<std::int64_t>::max() - *n)
+      throw InvalidArgument("parameter '" + p.name + "' has shape " + to_string(p.value.shape) +
+                            (n ? "; the table's element count exceeds 2^63 - 1" : "; its element count exceeds 2^63 - 1"));
+    total += *n;
     if (p.value.data == nullptr) throw InvalidArgument("parameter '" + p.name + "' has no value pointer");
     check_gradient(p);
     (void)route(p);

@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -20,6 +22,17 @@ using Shape = std::vector<std::int64_t>;
 
 [[nodiscard]] inline std::int64_t numel(const Shape& shape) {
   return std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>{});
+}
+
+// The element count of a shape with non-negative dims, or nullopt when it exceeds int64 (where
+// numel would overflow): check this before numel on any shape that came from outside.
+[[nodiscard]] inline std::optional<std::int64_t> checked_numel(std::span<const std::int64_t> shape) {
+  std::int64_t n = 1;
+  for (const std::int64_t d : shape) {
+    if (d < 0 || (d > 0 && n > std::numeric_limits<std::int64_t>::max() / d)) return std::nullopt;
+    n *= d;
+  }
+  return n;
 }
 
 [[nodiscard]] inline std::string to_string(std::span<const std::int64_t> shape) {

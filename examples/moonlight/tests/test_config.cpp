@@ -1,11 +1,13 @@
 // Config parsing: the real Moonlight-16B-A3B config.json, the tiny fixtures, and every refusal.
 #include <doctest/doctest.h>
 
+#include <fstream>
 #include <numeric>
 
 #include "fixtures.hpp"
 #include "moonlight/config.hpp"
 #include "moonlight/weights.hpp"
+#include "temp_dir.hpp"
 
 using moonlight::Config;
 using moonlight::ConfigError;
@@ -127,6 +129,51 @@ TEST_CASE("unsupported or inconsistent fields are refused, naming the field") {
   CHECK(without("kv_lora_rank") == "kv_lora_rank");
   CHECK(without("n_routed_experts") == "n_routed_experts");
   CHECK(rejected_field(nlohmann::json::array()) == "<root>");
+}
+
+TEST_CASE("size fields out of range are refused before any conversion or product (issue 14)") {
+  const nlohmann::json base = moonlight_json();
+  const auto with = [&](const char* key, nlohmann::json value) {
+    nlohmann::json j = base;
+    j[key] = std::move(value);
+    return rejected_field(j);
+  };
+  // Floats: 1e30 would be UB converted to int64; 1.5 would silently truncate.
+  CHECK(with("qk_nope_head_dim", 1e30) == "qk_nope_head_dim");
+  CHECK(with("hidden_size", 1.5) == "hidden_size");
+  CHECK(with("vocab_size", -1) == "vocab_size");
+  // 2^62 twice overflowed qk_head_dim (and heads × qk_head_dim) in int64.
+  CHECK(with("qk_nope_head_dim", std::int64_t{1} << 62) == "qk_nope_head_dim");
+  CHECK(with("qk_rope_head_dim", std::int64_t{1} << 62) == "qk_rope_head_dim");
+  // Beyond int64: must not wrap to a small or negative value.
+  CHECK(with("num_attention_heads", std::uint64_t{1} << 63) == "num_attention_heads");
+  CHECK(with("eos_token_id", std::uint64_t{1} << 63) == "eos_token_id");
+  CHECK(with("bos_token_id", 4294967296) == "bos_token_id");
+  // Each bound, and the value just inside it.
+  CHECK(with("hidden_size", moonlight::kMaxConfigWidth + 1) == "hidden_size");
+  CHECK(with("num_hidden_layers", moonlight::kMaxConfigCount + 1) == "num_hidden_layers");
+  CHECK(with("vocab_size", moonlight::kMaxConfigVocab + 1) == "vocab_size");
+  CHECK(with("max_position_embeddings", moonlight::kMaxConfigVocab).empty());
+  nlohmann::json many = base;
+  many["num_hidden_layers"] = 1 << 15;
+  many["n_routed_experts"] = 64;
+  CHECK(rejected_field(many) == "n_routed_experts");
+}
+
+TEST_CASE("a config file's refusal names the file and the field") {
+  const muon::test::TempDir dir("moonlight_config");
+  nlohmann::json j = moonlight_json();
+  j["qk_nope_head_dim"] = 1e30;
+  const std::filesystem::path path = dir / "config.json";
+  std::ofstream(path) << j.dump();
+  try {
+    (void)Config::load(path);
+    FAIL("loaded");
+  } catch (const ConfigError& e) {
+    CHECK(e.field() == "qk_nope_head_dim");
+    CHECK(std::string(e.what()).find(path.string()) != std::string::npos);
+    CHECK(std::string(e.what()).find("'qk_nope_head_dim'") != std::string::npos);
+  }
 }
 
 TEST_CASE("a missing or malformed config file is a FileError naming it") {

@@ -443,6 +443,13 @@ TEST_CASE("load_dir reads tiktoken.model and tokenizer_config.json like Moonligh
   write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"2147483647": {"content": "x"}}})");
   check_error<muon::FileError>([&] { (void)Tokenizer::load_dir(dir.path()); },
                                {"'2147483647'", "more than 65536 ids beyond the 8192 ranks"});
+  // Keys beyond int32, negative, signed or padded are refused by name before anything is allocated.
+  for (const char* key : {"4294967296", "99999999999999999999", "-1", "+8192", " 8192", "8192.0", ""}) {
+    write_text(dir / "tokenizer_config.json",
+               std::string(R"({"added_tokens_decoder": {")") + key + R"(": {"content": "x"}}})");
+    check_error<muon::FileError>([&] { (void)Tokenizer::load_dir(dir.path()); },
+                                 {"tokenizer_config.json", "'added_tokens_decoder' key '" + std::string(key) + "'"});
+  }
   write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"73727": {"content": "<|far|>"}}})");
   CHECK(Tokenizer::load_dir(dir.path()).encode_with_special("<|far|>") == Ids{73727});
   write_text(dir / "tokenizer_config.json", R"({"eos_token": 5})");

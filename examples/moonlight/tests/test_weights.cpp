@@ -184,3 +184,30 @@ TEST_CASE("the parameter table covers every tensor with its role and a gradient 
   std::vector<float> wrong(3);
   CHECK_THROWS_AS((void)tiny.weights.parameter_table(wrong), muon::ShapeMismatch);
 }
+
+TEST_CASE("a config whose tensors sum beyond 2^62 floats is refused before the buffer is sized (issue 14)") {
+  // Every field is within Config's bounds and every tensor's count fits int64 (a shared expert
+  // is 2^16 · 2^20 × 2^20 = 2^56), but 4096 layers of them overflowed the flat buffer's offset,
+  // which then sized a small buffer that the views ran past.
+  nlohmann::json j = Config::load(fixture("tiny_moonlight/config.json")).json;
+  j["hidden_size"] = 1 << 20;
+  j["moe_intermediate_size"] = 1 << 20;
+  j["n_shared_experts"] = 1 << 16;
+  j["num_hidden_layers"] = 4096;
+  const Config c = Config::from_json(j);
+  CHECK_THROWS_WITH_AS(Weights{c}, contains("more than 2^62 parameters"), muon::InvalidArgument);
+}
+
+TEST_CASE("a parameter whose element count overflows int64 is refused by validate_table (issue 14)") {
+  // [2^32, 2^32]: rows × cols wrapped to 0 and the Muon stepper divided by it.
+  float value = 0.0f, grad = 0.0f;
+  const muon::Shape shape{std::int64_t{1} << 32, std::int64_t{1} << 32};
+  const std::vector<muon::Parameter> table{{"huge", muon::Role::matrix, {&value, shape}, {&grad, shape}}};
+  CHECK_THROWS_WITH_AS(muon::validate_table(table), contains("parameter 'huge' has shape [4294967296, 4294967296]"),
+                       muon::InvalidArgument);
+  // Each fits, but not the two together.
+  const muon::Shape half{std::int64_t{1} << 31, std::int64_t{1} << 31};
+  const std::vector<muon::Parameter> two{{"a", muon::Role::matrix, {&value, half}, {&grad, half}},
+                                         {"b", muon::Role::matrix, {&value, half}, {&grad, half}}};
+  CHECK_THROWS_WITH_AS(muon::validate_table(two), contains("table's element count exceeds"), muon::InvalidArgument);
+}

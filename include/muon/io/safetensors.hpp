@@ -7,6 +7,14 @@
 // `File` memory-maps the file and validates the whole header on open, so every later access is
 // in bounds; `write` replaces the target atomically, so a crash never leaves a torn checkpoint.
 //
+// Every byte of a file is untrusted. `File::open` refuses, with a muon::FileError naming the file
+// and the tensor or field: a header length beyond the file or beyond kMaxHeaderBytes (100 MB, as
+// Python's safetensors), more than kMaxDims dimensions (8), a product of the non-zero dimensions
+// beyond int64 (so TensorInfo::numel never overflows, even when another dimension is 0), an
+// unknown dtype, and data_offsets that are not begin <= end <= data size with end - begin ==
+// numel * dtype size, or that overlap or leave holes. Nothing is allocated from a header's numbers:
+// to_float's vector holds at most twice the bytes of the tensor's data in the file (F16 to float).
+//
 //   namespace st = muon::safetensors;
 //   std::vector<float> m(6, 0.0f);
 //   const st::TensorToWrite tensors[] = {st::tensor_f32("w/exp_avg", {2, 3}, m)};
@@ -52,6 +60,11 @@ static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian and is mapped without byte swapping");
 
 enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+
+// The largest header File::open reads (Python's safetensors refuses larger ones too).
+inline constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+// The most dimensions a tensor may have (the optimizer's tensors have at most 3).
+inline constexpr std::size_t kMaxDims = 8;
 
 namespace detail {
 
@@ -105,21 +118,26 @@ namespace detail {
 
 inline std::string os_error(int err) { return std::generic_category().message(err); }
 
-// Byte count of a tensor with non-negative dims, or nullopt when the element count exceeds
-// int64 (TensorInfo::numel) or the byte count exceeds uint64.
+// Byte count of a tensor with non-negative dims, or nullopt when the product of its non-zero
+// dims exceeds int64 (so that TensorInfo::numel cannot overflow in any order of multiplication,
+// even when another dim is 0) or the byte count exceeds uint64.
 inline std::optional<std::uint64_t> checked_byte_count(std::span<const std::int64_t> shape,
                                                        DType dtype) {
-  if (std::ranges::find(shape, 0) != shape.end()) return 0;
-  std::uint64_t numel = 1;
+  constexpr auto max_numel = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t nonzero_product = 1;
+  bool has_zero = false;
   for (const std::int64_t d : shape) {
-    const auto dim = static_cast<std::uint64_t>(d);
-    if (numel > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) / dim) {
-      return std::nullopt;
+    if (d == 0) {
+      has_zero = true;
+      continue;
     }
-    numel *= dim;
+    const auto dim = static_cast<std::uint64_t>(d);
+    if (nonzero_product > max_numel / dim) return std::nullopt;
+    nonzero_product *= dim;
   }
-  if (numel > std::numeric_limits<std::uint64_t>::max() / dtype_size(dtype)) return std::nullopt;
-  return numel * dtype_size(dtype);
+  if (has_zero) return 0;
+  if (nonzero_product > std::numeric_limits<std::uint64_t>::max() / dtype_size(dtype)) return std::nullopt;
+  return nonzero_product * dtype_size(dtype);
 }
 
 class Mapping {
@@ -267,6 +285,10 @@ inline void File::parse_header() {
     fail("truncated: header length " + std::to_string(header_size) + " exceeds the " +
          std::to_string(after_prefix) + " bytes after the length prefix");
   }
+  if (header_size > kMaxHeaderBytes) {
+    fail("header length " + std::to_string(header_size) + " exceeds the limit of " +
+         std::to_string(kMaxHeaderBytes) + " bytes");
+  }
   const auto* text = reinterpret_cast<const char*>(mapping_.data() + 8);
   data_ = mapping_.data() + 8 + header_size;
   const std::uint64_t data_size = after_prefix - header_size;
@@ -345,6 +367,10 @@ inline TensorInfo File::parse_entry(const std::string& name, const nlohmann::jso
 
   const auto shape_it = entry.find("shape");
   if (shape_it == entry.end() || !shape_it->is_array()) bad("missing or non-array \"shape\"");
+  if (shape_it->size() > kMaxDims) {
+    bad("\"shape\" has " + std::to_string(shape_it->size()) + " dimensions, more than the " +
+        std::to_string(kMaxDims) + " allowed");
+  }
   std::vector<std::int64_t> shape;
   for (const auto& dim : *shape_it) {
     if (dim.is_number_unsigned()) {
@@ -372,7 +398,10 @@ inline TensorInfo File::parse_entry(const std::string& name, const nlohmann::jso
   if (end < begin) bad("\"data_offsets\" " + offsets.dump() + " has end before begin");
 
   const std::optional<std::uint64_t> needed = detail::checked_byte_count(shape, *dtype);
-  if (!needed) bad("shape " + muon::to_string(shape) + " is too large");
+  if (!needed) {
+    bad("\"shape\" " + muon::to_string(shape) +
+        " is too large: the product of its non-zero dimensions exceeds 2^63 - 1 elements");
+  }
   if (end - begin != *needed) {
     bad("\"data_offsets\" " + offsets.dump() + " span " + std::to_string(end - begin) +
         " bytes, but shape " + muon::to_string(shape) + " of " + dtype_text + " needs " +
@@ -458,6 +487,10 @@ inline std::string build_header(std::span<const TensorToWrite> tensors,
     if (std::ranges::any_of(t.shape, [](std::int64_t d) { return d < 0; })) {
       throw InvalidArgument("tensor '" + t.name + "': shape " + muon::to_string(t.shape) +
                             " has a negative dimension");
+    }
+    if (t.shape.size() > kMaxDims) {
+      throw InvalidArgument("tensor '" + t.name + "': shape " + muon::to_string(t.shape) + " has more than " +
+                            std::to_string(kMaxDims) + " dimensions, which File::open refuses");
     }
     const std::optional<std::uint64_t> bytes = checked_byte_count(t.shape, t.dtype);
     if (!bytes) {

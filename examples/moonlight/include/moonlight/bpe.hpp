@@ -60,7 +60,11 @@ inline void encode_piece(std::string_view piece, const RankMap& ranks, std::vect
   }
   const auto n = static_cast<std::uint32_t>(piece.size());
   constexpr std::uint32_t no_part = std::numeric_limits<std::uint32_t>::max();
-  auto& [next, prev, pair_rank, heap] = scratch;
+  // References, not a structured binding: clang 14 cannot capture bindings in the lambdas below.
+  auto& next = scratch.next;
+  auto& prev = scratch.prev;
+  auto& pair_rank = scratch.pair_rank;
+  auto& heap = scratch.heap;
   const auto rank_of = [&](std::uint32_t begin, std::uint32_t end) {
     const auto it = ranks.find(piece.substr(begin, end - begin));
     return it == ranks.end() ? no_rank : it->second;

@@ -8,6 +8,15 @@
 // training code or to other frameworks (aux_loss_alpha, seq_aux, ep_size, initializer_range, ...)
 // are accepted and kept in `json` so that a saved checkpoint carries them unchanged.
 //
+// A config.json is untrusted: every size field must be a JSON integer (1.5, 1e30 and -1 are
+// refused with the field's name, before any conversion) within an explicit bound, chosen so that
+// every product the model forms (qk_head_dim, heads × head dims, any tensor's element count)
+// stays far below 2^63: widths (hidden_size, intermediate sizes, lora ranks, head dims) at most
+// kMaxConfigWidth = 2^20, counts (layers, heads, experts, groups) at most kMaxConfigCount = 2^16,
+// vocab_size and max_position_embeddings at most kMaxConfigVocab = 2^24 (so token ids fit int32),
+// and num_hidden_layers × n_routed_experts at most kMaxConfigExperts = 2^20. Moonlight-16B and
+// DeepSeek-V3 are far inside them (hidden 2048/7168, 27/61 layers, 64/256 experts, vocab 163,840).
+//
 //   moonlight::Config c = moonlight::Config::load("Moonlight-16B-A3B-Instruct/config.json");
 //   c.is_moe_layer(0);  // false: layer 0 is the dense SwiGLU
 #pragma once
@@ -25,12 +34,20 @@
 
 namespace moonlight {
 
+inline constexpr std::int64_t kMaxConfigWidth = std::int64_t{1} << 20;    // a width or head dim
+inline constexpr std::int64_t kMaxConfigCount = std::int64_t{1} << 16;    // layers, heads, experts, groups
+inline constexpr std::int64_t kMaxConfigVocab = std::int64_t{1} << 24;    // vocab, positions
+inline constexpr std::int64_t kMaxConfigExperts = std::int64_t{1} << 20;  // routed experts over all layers
+
 // A config.json field is missing, has the wrong type, contradicts another field, or asks for a
 // feature this implementation does not have. `field()` is the JSON key at fault.
 class ConfigError : public muon::InvalidArgument {
  public:
   ConfigError(std::string field, const std::string& what)
       : muon::InvalidArgument("config field '" + field + "': " + what), field_(std::move(field)) {}
+  // The same error, its message prefixed with the file it came from.
+  ConfigError(const ConfigError& e, const std::filesystem::path& file)
+      : muon::InvalidArgument("config file '" + file.string() + "': " + e.what()), field_(e.field_) {}
   [[nodiscard]] const std::string& field() const noexcept { return field_; }
 
  private:
@@ -92,17 +109,34 @@ inline const nlohmann::json* find_field(const nlohmann::json& j, const char* key
   return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
+// The value of a JSON integer in [min, max], or nullopt for a float (1.5, 1e30), a non-number or
+// a value outside, checked on the JSON value before any conversion (one beyond int64 must not wrap).
+inline std::optional<std::int64_t> integer_in(const nlohmann::json& v, std::int64_t min, std::int64_t max) {
+  if (!v.is_number_integer()) return std::nullopt;
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(max) || static_cast<std::int64_t>(u) < min) return std::nullopt;
+    return static_cast<std::int64_t>(u);
+  }
+  const auto i = v.get<std::int64_t>();
+  if (i < min || i > max) return std::nullopt;
+  return i;
+}
+
+// An integer field in [min, max] (integer_in); anything else is a ConfigError naming the field.
 inline std::int64_t int_field(const nlohmann::json& j, const char* key, std::optional<std::int64_t> fallback,
-                              std::int64_t min) {
+                              std::int64_t min, std::int64_t max) {
   const nlohmann::json* v = find_field(j, key);
   if (v == nullptr) {
     if (!fallback) throw ConfigError(key, "missing; a DeepseekV3 config needs it");
     return *fallback;
   }
-  if (!v->is_number_integer()) throw ConfigError(key, "is " + v->dump() + ", expected an integer");
-  const auto value = v->get<std::int64_t>();
-  if (value < min) throw ConfigError(key, "is " + std::to_string(value) + ", must be at least " + std::to_string(min));
-  return value;
+  const std::optional<std::int64_t> value = integer_in(*v, min, max);
+  if (!value) {
+    throw ConfigError(key, "is " + v->dump() + ", expected an integer in [" + std::to_string(min) + ", " +
+                               std::to_string(max) + "]");
+  }
+  return *value;
 }
 
 inline double float_field(const nlohmann::json& j, const char* key, std::optional<double> fallback) {
@@ -165,27 +199,27 @@ inline Config Config::from_json(const nlohmann::json& j) {
   }
 
   Config c;
-  c.vocab_size = int_field(j, "vocab_size", std::nullopt, 1);
-  c.hidden_size = int_field(j, "hidden_size", std::nullopt, 1);
-  c.intermediate_size = int_field(j, "intermediate_size", std::nullopt, 1);
-  c.num_hidden_layers = int_field(j, "num_hidden_layers", std::nullopt, 1);
-  c.num_attention_heads = int_field(j, "num_attention_heads", std::nullopt, 1);
+  c.vocab_size = int_field(j, "vocab_size", std::nullopt, 1, kMaxConfigVocab);
+  c.hidden_size = int_field(j, "hidden_size", std::nullopt, 1, kMaxConfigWidth);
+  c.intermediate_size = int_field(j, "intermediate_size", std::nullopt, 1, kMaxConfigWidth);
+  c.num_hidden_layers = int_field(j, "num_hidden_layers", std::nullopt, 1, kMaxConfigCount);
+  c.num_attention_heads = int_field(j, "num_attention_heads", std::nullopt, 1, kMaxConfigCount);
   // Size fields are required; behaviour fields missing from the file take DeepseekV3Config's
   // defaults, as transformers would.
-  c.n_routed_experts = int_field(j, "n_routed_experts", std::nullopt, 1);
-  c.moe_intermediate_size = int_field(j, "moe_intermediate_size", std::nullopt, 1);
-  c.n_shared_experts = int_field(j, "n_shared_experts", std::nullopt, 0);
-  c.num_experts_per_tok = int_field(j, "num_experts_per_tok", std::nullopt, 1);
-  c.n_group = int_field(j, "n_group", 8, 1);
-  c.topk_group = int_field(j, "topk_group", 4, 1);
-  c.first_k_dense_replace = int_field(j, "first_k_dense_replace", 3, 0);
-  c.moe_layer_freq = int_field(j, "moe_layer_freq", 1, 1);
-  c.kv_lora_rank = int_field(j, "kv_lora_rank", std::nullopt, 1);
-  if (find_field(j, "q_lora_rank") != nullptr) c.q_lora_rank = int_field(j, "q_lora_rank", std::nullopt, 1);
-  c.qk_nope_head_dim = int_field(j, "qk_nope_head_dim", std::nullopt, 0);
-  c.qk_rope_head_dim = int_field(j, "qk_rope_head_dim", std::nullopt, 2);
-  c.v_head_dim = int_field(j, "v_head_dim", std::nullopt, 1);
-  c.max_position_embeddings = int_field(j, "max_position_embeddings", std::nullopt, 1);
+  c.n_routed_experts = int_field(j, "n_routed_experts", std::nullopt, 1, kMaxConfigCount);
+  c.moe_intermediate_size = int_field(j, "moe_intermediate_size", std::nullopt, 1, kMaxConfigWidth);
+  c.n_shared_experts = int_field(j, "n_shared_experts", std::nullopt, 0, kMaxConfigCount);
+  c.num_experts_per_tok = int_field(j, "num_experts_per_tok", std::nullopt, 1, kMaxConfigCount);
+  c.n_group = int_field(j, "n_group", 8, 1, kMaxConfigCount);
+  c.topk_group = int_field(j, "topk_group", 4, 1, kMaxConfigCount);
+  c.first_k_dense_replace = int_field(j, "first_k_dense_replace", 3, 0, kMaxConfigCount);
+  c.moe_layer_freq = int_field(j, "moe_layer_freq", 1, 1, kMaxConfigCount);
+  c.kv_lora_rank = int_field(j, "kv_lora_rank", std::nullopt, 1, kMaxConfigWidth);
+  if (find_field(j, "q_lora_rank") != nullptr) c.q_lora_rank = int_field(j, "q_lora_rank", std::nullopt, 1, kMaxConfigWidth);
+  c.qk_nope_head_dim = int_field(j, "qk_nope_head_dim", std::nullopt, 0, kMaxConfigWidth);
+  c.qk_rope_head_dim = int_field(j, "qk_rope_head_dim", std::nullopt, 2, kMaxConfigWidth);
+  c.v_head_dim = int_field(j, "v_head_dim", std::nullopt, 1, kMaxConfigWidth);
+  c.max_position_embeddings = int_field(j, "max_position_embeddings", std::nullopt, 1, kMaxConfigVocab);
   c.routed_scaling_factor = float_field(j, "routed_scaling_factor", 2.5);
   c.norm_topk_prob = bool_field(j, "norm_topk_prob", true);
   c.rms_norm_eps = float_field(j, "rms_norm_eps", 1e-6);
@@ -198,10 +232,10 @@ inline Config Config::from_json(const nlohmann::json& j) {
   if (c.rms_norm_eps <= 0.0) throw ConfigError("rms_norm_eps", "must be positive");
   if (c.rope_theta <= 1.0) throw ConfigError("rope_theta", "must be greater than 1");
   // transformers writes these derived fields; a checkpoint whose copy disagrees was edited by hand.
-  if (find_field(j, "head_dim") != nullptr && int_field(j, "head_dim", std::nullopt, 0) != c.qk_rope_head_dim) {
+  if (find_field(j, "head_dim") != nullptr && int_field(j, "head_dim", std::nullopt, 0, kMaxConfigWidth) != c.qk_rope_head_dim) {
     throw ConfigError("head_dim", "must equal qk_rope_head_dim (" + std::to_string(c.qk_rope_head_dim) + ")");
   }
-  if (find_field(j, "qk_head_dim") != nullptr && int_field(j, "qk_head_dim", std::nullopt, 0) != c.qk_head_dim()) {
+  if (find_field(j, "qk_head_dim") != nullptr && int_field(j, "qk_head_dim", std::nullopt, 0, 2 * kMaxConfigWidth) != c.qk_head_dim()) {
     throw ConfigError("qk_head_dim", "must equal qk_nope_head_dim + qk_rope_head_dim (" + std::to_string(c.qk_head_dim()) + ")");
   }
   if (c.first_k_dense_replace > c.num_hidden_layers) {
@@ -212,6 +246,12 @@ inline Config Config::from_json(const nlohmann::json& j) {
     throw ConfigError("moe_layer_freq", "is " + std::to_string(c.moe_layer_freq) +
                                             "; transformers' DeepseekV3 ignores it and DeepSeek's code does not, so "
                                             "only 1 is supported");
+  }
+  // tensor_layout lists three tensors per routed expert of every layer.
+  if (c.num_hidden_layers * c.n_routed_experts > kMaxConfigExperts) {
+    throw ConfigError("n_routed_experts", "is " + std::to_string(c.n_routed_experts) + "; with " +
+                                              std::to_string(c.num_hidden_layers) + " layers that is more than " +
+                                              std::to_string(kMaxConfigExperts) + " experts in all");
   }
   if (c.n_routed_experts % c.n_group != 0) {
     throw ConfigError("n_group", "is " + std::to_string(c.n_group) + "; it must divide n_routed_experts (" +
@@ -231,15 +271,14 @@ inline Config Config::from_json(const nlohmann::json& j) {
   }
 
   if (const nlohmann::json* bos = find_field(j, "bos_token_id"); bos != nullptr) {
-    c.bos_token_id = static_cast<std::int32_t>(int_field(j, "bos_token_id", std::nullopt, 0));
+    c.bos_token_id = static_cast<std::int32_t>(int_field(j, "bos_token_id", std::nullopt, 0, c.vocab_size - 1));
   }
   if (const nlohmann::json* eos = find_field(j, "eos_token_id"); eos != nullptr) {
     const nlohmann::json list = eos->is_array() ? *eos : nlohmann::json::array({*eos});
     for (const auto& id : list) {
-      if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= c.vocab_size) {
-        throw ConfigError("eos_token_id", "holds " + id.dump() + ", not a token id below vocab_size");
-      }
-      c.eos_token_ids.push_back(id.get<std::int32_t>());
+      const std::optional<std::int64_t> value = detail::integer_in(id, 0, c.vocab_size - 1);
+      if (!value) throw ConfigError("eos_token_id", "holds " + id.dump() + ", not a token id below vocab_size");
+      c.eos_token_ids.push_back(static_cast<std::int32_t>(*value));
     }
   }
   c.json = j;
@@ -247,7 +286,12 @@ inline Config Config::from_json(const nlohmann::json& j) {
 }
 
 inline Config Config::load(const std::filesystem::path& path) {
-  return from_json(muon::io::read_json_file(path, "config file '" + path.string() + "'"));
+  const nlohmann::json j = muon::io::read_json_file(path, "config file '" + path.string() + "'");
+  try {
+    return from_json(j);
+  } catch (const ConfigError& e) {
+    throw ConfigError(e, path);
+  }
 }
 
 }  // namespace moonlight

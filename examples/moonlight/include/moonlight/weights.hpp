@@ -19,8 +19,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -111,8 +113,15 @@ class Weights {
     std::size_t offset = 0;
     for (TensorSpec& t : specs_) {
       t.offset = offset;
-      // 16-float (64-byte) alignment of each tensor keeps vector loads aligned.
-      offset += (static_cast<std::size_t>(muon::numel(t.shape)) + 15) / 16 * 16;
+      // 16-float (64-byte) alignment of each tensor keeps vector loads aligned. Config's bounds
+      // keep each count far below 2^63, but not their sum over all layers and experts.
+      const std::optional<std::int64_t> n = muon::checked_numel(t.shape);
+      constexpr auto max_floats = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max() / 2);
+      if (!n || offset > max_floats - (static_cast<std::size_t>(*n) + 15) / 16 * 16) {
+        throw muon::InvalidArgument("the config implies more than 2^62 parameters (at tensor '" + t.name +
+                                    "'); check its size fields");
+      }
+      offset += (static_cast<std::size_t>(*n) + 15) / 16 * 16;
       index_.emplace(t.name, &t - specs_.data());
     }
     data_.assign(offset, 0.0f);
