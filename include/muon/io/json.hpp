@@ -10,10 +10,12 @@
 //   const nlohmann::json j = muon::io::parse_json(text, "config '" + path.string() + "'");
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -44,6 +46,20 @@ template <class Callback>
 }
 [[nodiscard]] inline nlohmann::json parse_json(std::string_view text, const std::string& source) {
   return parse_json(text, source, [](int, nlohmann::json::parse_event_t, nlohmann::json&) { return true; });
+}
+
+// The value of a JSON integer in [min, max], or nullopt for a float (1.5, 1e30), a non-number or
+// a value outside, checked on the JSON value before any conversion (one beyond int64 must not wrap).
+[[nodiscard]] inline std::optional<std::int64_t> integer_in(const nlohmann::json& v, std::int64_t min, std::int64_t max) {
+  if (!v.is_number_integer()) return std::nullopt;
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(max) || static_cast<std::int64_t>(u) < min) return std::nullopt;
+    return static_cast<std::int64_t>(u);
+  }
+  const auto i = v.get<std::int64_t>();
+  if (i < min || i > max) return std::nullopt;
+  return i;
 }
 
 // A JSON file, read whole and parsed by parse_json; FileError if it cannot be read.

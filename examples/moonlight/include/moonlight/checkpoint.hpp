@@ -34,6 +34,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -119,17 +120,15 @@ inline FileDigest digest_file(const std::filesystem::path& path) {
   return manifest.dump();
 }
 
-// A non-negative integer member of a JSON object, range-checked before any conversion (a float
-// or an out-of-range value converted to an integer would be undefined behaviour).
+// A non-negative integer member of a JSON object, range-checked before any conversion
+// (muon::io::integer_in).
 template <class Fail>
 [[nodiscard]] std::int64_t count_member(const nlohmann::json& object, const char* key, std::int64_t max, Fail&& fail) {
   const auto it = object.find(key);
   if (it == object.end()) throw fail(std::string("\"") + key + "\" is missing");
-  const bool in_range = it->is_number_unsigned() ? it->get<std::uint64_t>() <= static_cast<std::uint64_t>(max)
-                        : it->is_number_integer() ? it->get<std::int64_t>() >= 0 && it->get<std::int64_t>() <= max
-                                                  : false;
-  if (!in_range) throw fail(std::string("\"") + key + "\" is " + it->dump() + ", expected an integer in [0, " + std::to_string(max) + "]");
-  return it->is_number_unsigned() ? static_cast<std::int64_t>(it->get<std::uint64_t>()) : it->get<std::int64_t>();
+  const std::optional<std::int64_t> value = muon::io::integer_in(*it, 0, max);
+  if (!value) throw fail(std::string("\"") + key + "\" is " + it->dump() + ", expected an integer in [0, " + std::to_string(max) + "]");
+  return *value;
 }
 
 // The step a directory named step-N stands for; -1 for any other name.
@@ -247,7 +246,9 @@ inline void commit_checkpoint(const std::filesystem::path& run_dir, std::int64_t
   const auto files = manifest.find("files");
   if (files == manifest.end() || !files->is_object() || files->size() > kMaxCheckpointFiles)
     throw fail("manifest.json: \"files\" must be an object of at most " + std::to_string(kMaxCheckpointFiles) + " files");
-  for (const auto& [name, expected] : files->items()) {
+  for (const auto& entry : files->items()) {
+    const std::string& name = entry.key();  // not a structured binding: clang 14 cannot capture one
+    const nlohmann::json& expected = entry.value();
     if (!detail::is_plain_file_name(name)) throw fail("manifest.json lists '" + name + "', which is not a plain file name");
     const fs::file_status status = fs::symlink_status(dir / name, ec);
     if (ec || !fs::exists(status)) throw fail("file '" + name + "' is missing");

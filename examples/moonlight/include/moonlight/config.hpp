@@ -109,21 +109,7 @@ inline const nlohmann::json* find_field(const nlohmann::json& j, const char* key
   return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
-// The value of a JSON integer in [min, max], or nullopt for a float (1.5, 1e30), a non-number or
-// a value outside, checked on the JSON value before any conversion (one beyond int64 must not wrap).
-inline std::optional<std::int64_t> integer_in(const nlohmann::json& v, std::int64_t min, std::int64_t max) {
-  if (!v.is_number_integer()) return std::nullopt;
-  if (v.is_number_unsigned()) {
-    const auto u = v.get<std::uint64_t>();
-    if (u > static_cast<std::uint64_t>(max) || static_cast<std::int64_t>(u) < min) return std::nullopt;
-    return static_cast<std::int64_t>(u);
-  }
-  const auto i = v.get<std::int64_t>();
-  if (i < min || i > max) return std::nullopt;
-  return i;
-}
-
-// An integer field in [min, max] (integer_in); anything else is a ConfigError naming the field.
+// An integer field in [min, max] (muon::io::integer_in); anything else is a ConfigError naming the field.
 inline std::int64_t int_field(const nlohmann::json& j, const char* key, std::optional<std::int64_t> fallback,
                               std::int64_t min, std::int64_t max) {
   const nlohmann::json* v = find_field(j, key);
@@ -131,7 +117,7 @@ inline std::int64_t int_field(const nlohmann::json& j, const char* key, std::opt
     if (!fallback) throw ConfigError(key, "missing; a DeepseekV3 config needs it");
     return *fallback;
   }
-  const std::optional<std::int64_t> value = integer_in(*v, min, max);
+  const std::optional<std::int64_t> value = muon::io::integer_in(*v, min, max);
   if (!value) {
     throw ConfigError(key, "is " + v->dump() + ", expected an integer in [" + std::to_string(min) + ", " +
                                std::to_string(max) + "]");
@@ -276,7 +262,7 @@ inline Config Config::from_json(const nlohmann::json& j) {
   if (const nlohmann::json* eos = find_field(j, "eos_token_id"); eos != nullptr) {
     const nlohmann::json list = eos->is_array() ? *eos : nlohmann::json::array({*eos});
     for (const auto& id : list) {
-      const std::optional<std::int64_t> value = detail::integer_in(id, 0, c.vocab_size - 1);
+      const std::optional<std::int64_t> value = muon::io::integer_in(id, 0, c.vocab_size - 1);
       if (!value) throw ConfigError("eos_token_id", "holds " + id.dump() + ", not a token id below vocab_size");
       c.eos_token_ids.push_back(static_cast<std::int32_t>(*value));
     }
