@@ -64,6 +64,35 @@ bool same_bits(std::span<const float> a, std::span<const float> b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void write_text(const fs::path& file, const std::string& text) { std::ofstream(file, std::ios::binary) << text; }
+
+// Rewrites a checkpoint's manifest after `edit`, with its own CRC recomputed: damage that the
+// manifest's CRC cannot catch, as a crafted checkpoint would be.
+template <class Edit>
+void reseal(const fs::path& dir, Edit&& edit) {
+  nlohmann::json manifest = nlohmann::json::parse(read_text(dir / "manifest.json"));
+  edit(manifest);
+  manifest["crc32"] = moonlight::detail::crc32_of(moonlight::detail::manifest_body(manifest));
+  write_text(dir / "manifest.json", manifest.dump(2));
+}
+// The manifest entry of a file as it is now.
+void record(nlohmann::json& manifest, const fs::path& dir, const std::string& name) {
+  const moonlight::detail::FileDigest d = moonlight::detail::digest_file(dir / name);
+  manifest["files"][name] = {{"bytes", d.size}, {"crc32", d.crc32}};
+}
+
+std::vector<std::int64_t> metrics_steps(const fs::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::vector<std::int64_t> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<std::int64_t>());
+  return steps;
+}
+
 }  // namespace
 
 TEST_CASE("training lowers the loss, balances the experts and logs every step") {
@@ -140,11 +169,7 @@ TEST_CASE("a resumed run equals an uninterrupted one bit for bit") {
   CHECK(same_bits(straight.weights().data(), resumed.weights().data()));
 
   // metrics.jsonl dropped the crashed run's step-4 line and holds steps 1..6 once.
-  std::ifstream metrics(dir.path() / "resumed" / "metrics.jsonl");
-  std::string line;
-  std::vector<std::int64_t> steps;
-  while (std::getline(metrics, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<std::int64_t>());
-  CHECK(steps == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6});
+  CHECK(metrics_steps(dir.path() / "resumed" / "metrics.jsonl") == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6});
 }
 
 TEST_CASE("a checkpoint is a Hugging Face directory, its latest link moves, and a damaged file is refused") {
@@ -173,44 +198,10 @@ TEST_CASE("a checkpoint is a Hugging Face directory, its latest link moves, and 
                        muon::FileError);
 }
 
-namespace {
-
-std::string read_text(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-void write_text(const fs::path& file, const std::string& text) { std::ofstream(file, std::ios::binary) << text; }
-
-// Rewrites a checkpoint's manifest after `edit`, with its own CRC recomputed: damage that the
-// manifest's CRC cannot catch, as a crafted checkpoint would be.
-template <class Edit>
-void reseal(const fs::path& dir, Edit&& edit) {
-  nlohmann::json manifest = nlohmann::json::parse(read_text(dir / "manifest.json"));
-  edit(manifest);
-  manifest["crc32"] = moonlight::detail::crc32_of(moonlight::detail::manifest_body(manifest));
-  write_text(dir / "manifest.json", manifest.dump(2));
-}
-// The manifest entry of a file as it is now.
-void record(nlohmann::json& manifest, const fs::path& dir, const std::string& name) {
-  const moonlight::detail::FileDigest d = moonlight::detail::digest_file(dir / name);
-  manifest["files"][name] = {{"bytes", d.size}, {"crc32", d.crc32}};
-}
-
-std::vector<std::int64_t> metrics_steps(const fs::path& file) {
-  std::ifstream in(file);
-  std::string line;
-  std::vector<std::int64_t> steps;
-  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<std::int64_t>());
-  return steps;
-}
-
-}  // namespace
-
 TEST_CASE("a checkpoint is verified as one unit: the manifest, every file, the names and the step") {
   muon::test::TempDir dir("train_manifest");
   const moonlight::PackedSequences data = phrase_data(16);
-  moonlight::TrainOptions o = fast_options();
-  o.steps = 6;
+  const moonlight::TrainOptions o = fast_options();  // 6 steps, checkpoints at 3 and 6
   Trainer trainer(tiny_run(o), data, tokenizer_file, dir.path() / "run", {});
   (void)train(trainer);
   const fs::path step3 = dir.path() / "run" / "checkpoints" / "step-00000003";
