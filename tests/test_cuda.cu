@@ -2,19 +2,18 @@
 // poisoned with NaN before each run (so an element the GPU forgets to write fails the test),
 // Newton–Schulz batched against looped, a full optimizer step GPU against CPU, and a step
 // captured in a CUDA graph and replayed. Without a GPU, main returns 77 and CTest reports the
-// tests as skipped; test discovery (--list-test-cases) makes no CUDA call.
+// tests as skipped, or fails with MUON_REQUIRE_GPU=1 (gpu_main.hpp).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <muon/backends/cuda.hpp>
 #include <muon/backends/cuda_gradients.hpp>
 #include <muon/muon.hpp>
-#include <string_view>
 #include <vector>
 
+#include "gpu_main.hpp"
 #include "cuda_reference.hpp"
 
 namespace {
@@ -511,24 +510,4 @@ TEST_CASE("a step captured once in a CUDA graph and replayed 3 times equals 3 ea
 
 TEST_SUITE_END();
 
-// Without a device the tests cannot run: exit 77, which CTest reports as skipped. Listing the
-// tests (doctest_discover_tests at build time) needs no device and makes no CUDA call.
-int main(int argc, char** argv) {
-  bool listing = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg(argv[i]);
-    listing = listing || arg.find("list") != std::string_view::npos || arg.find("help") != std::string_view::npos ||
-              arg.find("version") != std::string_view::npos;
-  }
-  if (!listing) {
-    int devices = 0;
-    const cudaError_t e = cudaGetDeviceCount(&devices);
-    if (e != cudaSuccess || devices == 0) {
-      std::printf("no CUDA device (%s): skipping the GPU tests\n",
-                  e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-      return 77;
-    }
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
-}
+int main(int argc, char** argv) { return muon::test::run_gpu_tests(argc, argv, "the CUDA backend tests"); }

@@ -1,10 +1,9 @@
 // ZeRO-1 on NCCL and the CUDA backend, at world size 1 (NCCL takes one rank per GPU, and the lent
 // machines have one): the same checks as the MPI tests where one rank can make them. Exits 77
-// (skipped) without a GPU. Multi-rank ZeRO-1 logic is covered by test_zero_mpi.
+// (skipped) without a GPU, or fails with MUON_REQUIRE_GPU=1 (gpu_main.hpp). Multi-rank ZeRO-1 logic is covered by test_zero_mpi.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <muon/backends/cuda.hpp>
@@ -12,9 +11,9 @@
 #include <muon/distributed/zero1.hpp>
 #include <muon/optimizer.hpp>
 #include <muon/state_file.hpp>
-#include <string_view>
 #include <unistd.h>
 
+#include "gpu_main.hpp"
 #include "zero_support.hpp"
 
 using muon::CudaBackend;
@@ -130,14 +129,4 @@ TEST_CASE("NCCL, one rank: a NaN gradient rejects the step and changes nothing")
   CHECK(zero.step_count() == 1);
 }
 
-int main(int argc, char** argv) {
-  bool listing = false;
-  for (int i = 1; i < argc; ++i) listing = listing || std::string_view(argv[i]).find("list") != std::string_view::npos;
-  int devices = 0;
-  if (!listing && (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)) {
-    std::printf("no CUDA device: skipping the NCCL tests\n");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
-}
+int main(int argc, char** argv) { return muon::test::run_gpu_tests(argc, argv, "the NCCL tests"); }
