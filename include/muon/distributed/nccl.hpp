@@ -1,11 +1,18 @@
 // muon/distributed/nccl.hpp: the communicator for GPU ranks, on NCCL. One rank per GPU.
 //
-// Bulk buffers are device memory; every collective is enqueued on the communicator's stream and
-// returns at once. Run the CUDA backend on the same stream: stream order then does what a wait
-// would, so `Request::wait` enqueues nothing and the host never blocks on the bulk collectives.
+// Bulk buffers are device memory. The caller's stream (the CUDA backend's: the compute stream)
+// produces and consumes them; every NCCL call runs on the communicator's own stream, joined to
+// the compute stream by events, and returns at once:
+//   - a bulk collective (reduce_scatter, all_gather) waits on the compute stream's work so far,
+//     runs on the communication stream, and its Request's `wait` makes the compute stream wait for
+//     it (cudaStreamWaitEvent: the host never blocks). Between the two, the compute stream goes on,
+//     so one bucket's all-gather overlaps the next bucket's Newton–Schulz (docs/zero1.md);
+//   - device all_reduce and broadcast are joined back at once: stream order as before.
+// One stream for every NCCL call keeps them in one order on every rank, which NCCL requires.
 // The control values (norms, flags, hashes: a few numbers per step) live on the host and go
 // through a small device scratch buffer with one stream synchronisation; so do broadcasts of host
-// bytes. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group).
+// bytes. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group). Under
+// stream capture the events make the fork and the join a CUDA graph needs.
 //
 //   ncclUniqueId id;                       // rank 0: ncclGetUniqueId(&id); share it out of band
 //   muon::distributed::NcclCommunicator comm(id, rank, world, stream);
@@ -23,6 +30,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "muon/cuda_check.hpp"
@@ -83,21 +91,66 @@ void per_root_group(std::span<const std::int64_t> counts, std::span<const std::s
 
 }  // namespace detail
 
+// A CUDA event without timing (cheaper to record), destroyed with its owner. Destroying an event
+// whose work is pending is allowed: CUDA releases it when the work completes.
+class StreamEvent {
+ public:
+  StreamEvent() { cuda_check(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  StreamEvent(StreamEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+  StreamEvent& operator=(StreamEvent&& other) noexcept {
+    std::swap(event_, other.event_);
+    return *this;
+  }
+  StreamEvent(const StreamEvent&) = delete;
+  StreamEvent& operator=(const StreamEvent&) = delete;
+  ~StreamEvent() {
+    if (event_ != nullptr) cudaEventDestroy(event_);
+  }
+  // `waiter` runs nothing enqueued after this call until `producer`'s work so far is done.
+  static void join(cudaStream_t producer, cudaStream_t waiter) {
+    StreamEvent e;
+    e.record(producer);
+    e.make_wait(waiter);
+  }
+  void record(cudaStream_t stream) { cuda_check(cudaEventRecord(event_, stream)); }
+  void make_wait(cudaStream_t stream) const { cuda_check(cudaStreamWaitEvent(stream, event_, 0)); }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 class NcclCommunicator {
  public:
-  // Stream-ordered: the work is already enqueued ahead of whatever the caller enqueues next.
-  struct Request {
-    void wait() {}
+  // A bulk collective in flight on the communication stream; `wait` orders the compute stream
+  // after it without blocking the host.
+  class Request {
+   public:
+    Request() = default;
+    Request(StreamEvent done, cudaStream_t compute) : done_(std::move(done)), compute_(compute) {}
+    void wait() {
+      if (compute_ != nullptr) done_.make_wait(compute_);
+      compute_ = nullptr;
+    }
+
+   private:
+    StreamEvent done_;
+    cudaStream_t compute_ = nullptr;
   };
 
   // Joins rank `rank` of `size` on the unique id rank 0 made; the current CUDA device is this
-  // rank's GPU. `stream` must outlive the communicator.
+  // rank's GPU. `stream` is the compute stream (run the CUDA backend on it); it must outlive the
+  // communicator, which makes its own communication stream.
   NcclCommunicator(const ncclUniqueId& id, int rank, int size, cudaStream_t stream) : stream_(stream) {
+    cudaStream_t comm_stream = nullptr;
+    cuda_check(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
     ncclComm_t comm = nullptr;
-    cuda_check(ncclCommInitRank(&comm, size, id, rank));
-    state_ = std::shared_ptr<State>(new State{comm, nullptr, 0}, [](State* s) {
+    const ncclResult_t joined = ncclCommInitRank(&comm, size, id, rank);
+    if (joined != ncclSuccess) cudaStreamDestroy(comm_stream);
+    cuda_check(joined);
+    state_ = std::shared_ptr<State>(new State{comm, comm_stream, nullptr, 0}, [](State* s) {
       if (s->scratch) cudaFree(s->scratch);
       ncclCommDestroy(s->comm);
+      cudaStreamDestroy(s->comm_stream);
       delete s;
     });
     rank_ = rank;
@@ -121,52 +174,53 @@ class NcclCommunicator {
   [[nodiscard]] int rank() const { return rank_; }
   [[nodiscard]] int size() const { return size_; }
   [[nodiscard]] cudaStream_t stream() const { return stream_; }
+  [[nodiscard]] cudaStream_t communication_stream() const { return state_->comm_stream; }
   [[nodiscard]] ncclComm_t native() const { return state_->comm; }
 
   Request reduce_scatter(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts,
                          ReduceOp op) {
     const auto displacements = check_layout(counts, send.size(), recv.size(), "reduce_scatter");
-    if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
-      cuda_check(ncclReduceScatter(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32,
-                                   detail::nccl_op(op), native(), stream_));
-      return {};
-    }
-    detail::per_root_group(
-        counts, displacements,
-        [&](int root, std::size_t offset, std::size_t count) {
-          return ncclReduce(send.data() + offset, root == rank_ ? recv.data() : nullptr, count, ncclFloat32,
-                            detail::nccl_op(op), root, native(), stream_);
-        });
-    return {};
+    return in_flight([&](cudaStream_t comm_stream) {
+      if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
+        cuda_check(ncclReduceScatter(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32,
+                                     detail::nccl_op(op), native(), comm_stream));
+        return;
+      }
+      detail::per_root_group(counts, displacements, [&](int root, std::size_t offset, std::size_t count) {
+        return ncclReduce(send.data() + offset, root == rank_ ? recv.data() : nullptr, count, ncclFloat32,
+                          detail::nccl_op(op), root, native(), comm_stream);
+      });
+    });
   }
 
   Request all_gather(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts) {
     const auto displacements = check_layout(counts, recv.size(), send.size(), "all_gather");
-    if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
-      cuda_check(ncclAllGather(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32, native(),
-                               stream_));
-      return {};
-    }
-    detail::per_root_group(
-        counts, displacements,
-        [&](int root, std::size_t offset, std::size_t count) {
-          return ncclBroadcast(root == rank_ ? send.data() : nullptr, recv.data() + offset, count, ncclFloat32, root,
-                               native(), stream_);
-        });
-    return {};
+    return in_flight([&](cudaStream_t comm_stream) {
+      if (std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; })) {
+        cuda_check(ncclAllGather(send.data(), recv.data(), static_cast<std::size_t>(counts[0]), ncclFloat32, native(),
+                                 comm_stream));
+        return;
+      }
+      detail::per_root_group(counts, displacements, [&](int root, std::size_t offset, std::size_t count) {
+        return ncclBroadcast(root == rank_ ? send.data() : nullptr, recv.data() + offset, count, ncclFloat32, root,
+                             native(), comm_stream);
+      });
+    });
   }
 
   // Device floats in place; host doubles and integers through the scratch buffer.
   template <class T>
   void all_reduce(std::span<T> data, ReduceOp op) {
     if constexpr (std::is_same_v<T, float>) {
-      cuda_check(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, detail::nccl_op(op), native(),
-                               stream_));
+      in_flight([&](cudaStream_t comm_stream) {
+        cuda_check(ncclAllReduce(data.data(), data.data(), data.size(), ncclFloat32, detail::nccl_op(op), native(),
+                                 comm_stream));
+      }).wait();
     } else {
       if (op == ReduceOp::avg && !std::is_floating_point_v<T>) throw CommError("all_reduce: avg needs a floating-point buffer");
-      through_device(data, [&](void* device) {
+      through_device(data, [&](void* device, cudaStream_t comm_stream) {
         cuda_check(ncclAllReduce(device, device, data.size(), detail::nccl_type<T>(), detail::nccl_op(op), native(),
-                                 stream_));
+                                 comm_stream));
       });
     }
   }
@@ -174,10 +228,12 @@ class NcclCommunicator {
   template <class T>
   void broadcast(std::span<T> data, int root) {
     if constexpr (std::is_same_v<T, float>) {
-      cuda_check(ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat32, root, native(), stream_));
+      in_flight([&](cudaStream_t comm_stream) {
+        cuda_check(ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat32, root, native(), comm_stream));
+      }).wait();
     } else {
-      through_device(data, [&](void* device) {
-        cuda_check(ncclBroadcast(device, device, data.size(), detail::nccl_type<T>(), root, native(), stream_));
+      through_device(data, [&](void* device, cudaStream_t comm_stream) {
+        cuda_check(ncclBroadcast(device, device, data.size(), detail::nccl_type<T>(), root, native(), comm_stream));
       });
     }
   }
@@ -190,27 +246,43 @@ class NcclCommunicator {
  private:
   struct State {
     ncclComm_t comm;
+    cudaStream_t comm_stream;
     void* scratch;
     std::size_t scratch_bytes;
   };
 
-  // Copies host data to the device scratch, runs `collective` on it there, copies it back, and
-  // waits for the stream: the one host synchronisation, for control values only.
+  // Runs `enqueue(communication stream)` after the compute stream's work so far; the Request
+  // joins it back.
+  template <class F>
+  Request in_flight(F&& enqueue) {
+    const cudaStream_t comm_stream = state_->comm_stream;
+    StreamEvent::join(stream_, comm_stream);
+    enqueue(comm_stream);
+    StreamEvent done;
+    done.record(comm_stream);
+    return Request(std::move(done), stream_);
+  }
+
+  // Copies host data to the device scratch, runs `collective` on it on the communication stream,
+  // copies it back, and waits: the one host synchronisation, for control values only.
   template <class T, class F>
   void through_device(std::span<T> data, F&& collective) {
     const std::size_t bytes = data.size_bytes();
     if (bytes == 0) return;
+    const cudaStream_t comm_stream = state_->comm_stream;
     if (state_->scratch_bytes < bytes) {
+      cuda_check(cudaStreamSynchronize(comm_stream));  // the old scratch may still be in use
       if (state_->scratch) cuda_check(cudaFree(state_->scratch));
       state_->scratch = nullptr;
       state_->scratch_bytes = 0;
       cuda_check(cudaMalloc(&state_->scratch, bytes));
       state_->scratch_bytes = bytes;
     }
-    cuda_check(cudaMemcpyAsync(state_->scratch, data.data(), bytes, cudaMemcpyHostToDevice, stream_));
-    collective(state_->scratch);
-    cuda_check(cudaMemcpyAsync(data.data(), state_->scratch, bytes, cudaMemcpyDeviceToHost, stream_));
-    cuda_check(cudaStreamSynchronize(stream_));
+    StreamEvent::join(stream_, comm_stream);  // after the compute stream's work so far, as every call here
+    cuda_check(cudaMemcpyAsync(state_->scratch, data.data(), bytes, cudaMemcpyHostToDevice, comm_stream));
+    collective(state_->scratch, comm_stream);
+    cuda_check(cudaMemcpyAsync(data.data(), state_->scratch, bytes, cudaMemcpyDeviceToHost, comm_stream));
+    cuda_check(cudaStreamSynchronize(comm_stream));
   }
 
   std::vector<std::size_t> check_layout(std::span<const std::int64_t> counts, std::size_t full, std::size_t own,
