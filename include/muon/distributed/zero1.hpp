@@ -272,8 +272,8 @@ class ZeroOptimizer {
     return hash(key);
   }
 
-  // With a stream-ordered engine (NCCL), the backend must work on the communicator's stream:
-  // stream order is what makes a Request's wait unnecessary.
+  // With a stream-ordered engine (NCCL), the backend must work on the communicator's compute
+  // stream: that is the stream the engine's events order against (nccl.hpp).
   void check_same_stream() {
     if constexpr (requires { comm_.stream() == backend_.stream(); })
       if (comm_.stream() != backend_.stream())
