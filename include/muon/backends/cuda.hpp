@@ -47,6 +47,7 @@
 #include "kernels/elementwise.cuh"
 #include "kernels/norms.cuh"
 #include "kernels/symmetric.cuh"
+#include "muon/backends/cuda/arena_growth.hpp"
 #include "muon/backend.hpp"
 #include "muon/cuda_check.hpp"
 #include "muon/error.hpp"
@@ -54,12 +55,21 @@
 
 namespace muon {
 
+// How the tile pairs of a symmetric product go to cuBLAS (CudaOptions::tile_gemm):
+//   pointer_array:    one cublasGemmBatchedEx over every pair of every matrix, its pointer
+//                     arrays written on the device (two launches in all, whatever the tiles);
+//   strided_per_pair: one cublasGemmStridedBatchedEx per tile pair over the stack (T(T+1)/2
+//                     launches, no pointer arrays: cuBLAS knows the operands are evenly spaced).
+// Untuned: bench_cuda's BM_cuda_gram times both against one full GEMM (tiles = 1).
+enum class SymmetricTileGemm { pointer_array, strided_per_pair };
+
 struct CudaOptions {
   NsPrecision ns_precision = NsPrecision::bf16;  // automatic is bf16 too: every GPU this targets has it
   // bf16 `gram` splits the n×n result into tiles of side n/T (T = 4 or 2, the tile a multiple of
   // 64) and computes only the T(T+1)/2 upper tile pairs when a tile is at least this big; smaller
   // tiles lose more GEMM efficiency than the 25–37% of flops they save. Untuned: measure on the GPU.
   std::int64_t symmetric_tile_min = 512;
+  SymmetricTileGemm tile_gemm = SymmetricTileGemm::pointer_array;
   std::size_t cublas_workspace_bytes = std::size_t{32} << 20;  // cuBLAS's recommendation for Hopper
   // The most elements (matrices × rows × cols) one batched Newton–Schulz call takes; a larger
   // stack runs in chunks. Bounds the scratch and the NsWorkspace (about 6 GiB at 2²⁸) while a
@@ -78,22 +88,120 @@ inline int blas_int(std::int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// What every Buffer and the backend share: the stream, the cuBLAS handle and its workspace, and a
-// scratch arena that grows on demand (bf16 operand copies, norm partials, GEMM pointer arrays).
-// Operations run in stream order, so each may use the arena from offset 0.
+// Pins the math mode of a cuBLAS handle for one sequence of our calls and gives the caller's mode
+// back at the end. A caller's handle may be in CUBLAS_TF32_TENSOR_OP_MATH (PyTorch's, with
+// allow_tf32), which turns fp32 GEMMs into TF32 ones; we pin CUBLAS_DEFAULT_MATH: fp32 products
+// are then true fp32 (compute type CUBLAS_COMPUTE_32F, no TF32), while the bf16 products keep
+// their tensor cores. CUBLAS_PEDANTIC_MATH would also forbid the reduced-precision reductions
+// cuBLAS may use in split-K and its fastest kernels, which no reference asks for and costs speed;
+// the fp32 conformance bound (tests/test_cuda.cu) holds with DEFAULT.
+class BlasMathGuard {
+ public:
+  explicit BlasMathGuard(cublasHandle_t blas) : blas_(blas) {
+    cuda_check(cublasGetMathMode(blas_, &saved_));
+    if (saved_ != CUBLAS_DEFAULT_MATH) cuda_check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
+  }
+  BlasMathGuard(const BlasMathGuard&) = delete;
+  BlasMathGuard& operator=(const BlasMathGuard&) = delete;
+  // Errors are not reported here (a destructor); setting a mode the handle had cannot fail.
+  ~BlasMathGuard() {
+    if (saved_ != CUBLAS_DEFAULT_MATH) cublasSetMathMode(blas_, saved_);
+  }
+
+ private:
+  cublasHandle_t blas_;
+  cublasMath_t saved_ = CUBLAS_DEFAULT_MATH;
+};
+
+// The scratch arena: one device allocation that every operation may use from offset 0 (they run
+// in stream order), for bf16 operand copies, norm partials and GEMM pointer arrays. It grows
+// geometrically (grown_arena_bytes, muon/backends/cuda/arena_growth.hpp), never during a graph
+// capture, and outgrown arenas are returned as soon as no captured graph can use them:
+//   - an arena never handed out while the stream was capturing is known to no graph, so it is
+//     freed at once when it is outgrown, stream-ordered (cudaFreeAsync: the work already enqueued
+//     on it finishes first, and the memory goes back to the stream's pool);
+//   - an arena handed out during a capture may be used by every replay of that graph, whose life
+//     the backend does not see: it is kept until release_retired() (the owner of the graphs calls
+//     it once they are destroyed, or re-captured) or the backend's end.
+// Whether a capture is active is asked of CUDA (cudaStreamIsCapturing) on every hand-out.
+class ScratchArena {
+ public:
+  ScratchArena() = default;
+  ScratchArena(const ScratchArena&) = delete;
+  ScratchArena& operator=(const ScratchArena&) = delete;
+
+  // At least `bytes` of scratch. Growing it allocates, which a graph capture must not do: run
+  // the captured work once before capturing, so the arena already has its final size.
+  void* get(std::size_t bytes, cudaStream_t stream) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    cuda_check(cudaStreamIsCapturing(stream, &status));
+    const bool capturing = status != cudaStreamCaptureStatusNone;
+    if (bytes > bytes_) {
+      if (capturing)
+        throw CudaError("CudaBackend: the scratch arena must grow to " + std::to_string(bytes) +
+                        " bytes during a CUDA graph capture; run the captured work once before capturing");
+      const std::size_t grown = grown_arena_bytes(bytes_, bytes);
+      void* fresh = nullptr;
+      cuda_check(cudaMallocAsync(&fresh, grown, stream));
+      if (data_ != nullptr) {
+        if (captured_)
+          retired_.push_back(data_);
+        else
+          cuda_check(cudaFreeAsync(data_, stream));
+      }
+      data_ = fresh;
+      bytes_ = grown;
+      captured_ = false;
+    }
+    captured_ = captured_ || capturing;
+    return data_;
+  }
+
+  [[nodiscard]] std::size_t bytes() const { return bytes_; }
+  // Outgrown arenas kept for graphs captured while they were current.
+  [[nodiscard]] std::size_t retired_count() const { return retired_.size(); }
+
+  // Frees the retired arenas, stream-ordered. Only once no graph captured before the arena last
+  // grew will be launched again (they may read the retired arenas).
+  void release_retired(cudaStream_t stream) {
+    for (void*& arena : retired_) {
+      cuda_check(cudaFreeAsync(arena, stream));
+      arena = nullptr;
+    }
+    retired_.clear();
+  }
+
+  // At the backend's end, after the stream was synchronised; errors are not reported (a destructor).
+  void release() noexcept {
+    if (data_ != nullptr) cudaFree(data_);
+    for (void* arena : retired_) cudaFree(arena);
+    retired_.clear();
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  [[nodiscard]] bool empty() const { return data_ == nullptr && retired_.empty(); }
+
+ private:
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  bool captured_ = false;       // handed out during a capture since it was allocated
+  std::vector<void*> retired_;  // outgrown, but a captured graph may use them
+};
+
+// What every Buffer and the backend share: the stream, the cuBLAS handle and its workspace, and
+// the scratch arena.
 struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   bool owns_stream = false, owns_blas = false;
   void* blas_workspace = nullptr;
-  void* scratch = nullptr;
-  std::size_t scratch_bytes = 0;
-  // Arenas outgrown: an instantiated CUDA graph may still use them, so they live until release.
-  std::vector<void*> retired;
+  std::size_t workspace_bytes = 0;
+  ScratchArena scratch;
 
   // own_stream: make a non-blocking stream; else use `s` (null: the legacy default stream).
   // A null `h` makes a handle of its own.
-  Context(bool own_stream, cudaStream_t s, cublasHandle_t h, std::size_t workspace_bytes) : stream(s), blas(h) {
+  Context(bool own_stream, cudaStream_t s, cublasHandle_t h, std::size_t workspace)
+      : stream(s), blas(h), workspace_bytes(workspace) {
     try {
       if (own_stream) {
         cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -117,45 +225,31 @@ struct Context {
   Context& operator=(const Context&) = delete;
   ~Context() { release(); }
 
-  // A caller's handle may have been rebound by its other users (PyTorch sets its own stream
-  // before each use, which also drops our workspace): bind it again before each cuBLAS sequence.
-  void bind(std::size_t workspace_bytes) {
-    if (owns_blas) return;
-    cuda_check(cublasSetStream(blas, stream));
-    cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+  // Before each cuBLAS sequence: a caller's handle may have been rebound by its other users
+  // (PyTorch sets its own stream before each use, which also drops our workspace), so bind it
+  // again; and pin the math mode for the sequence (the guard gives the caller's back).
+  [[nodiscard]] BlasMathGuard bind() {
+    if (!owns_blas) {
+      cuda_check(cublasSetStream(blas, stream));
+      cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
+    }
+    return BlasMathGuard(blas);
   }
+
+  void* scratch_of(std::size_t bytes) { return scratch.get(bytes, stream); }
 
   // Errors are not reported here (it runs in a destructor); the calls only release resources.
   void release() noexcept {
-    if (owns_stream || blas_workspace != nullptr || scratch != nullptr) cudaStreamSynchronize(stream);
-    if (scratch != nullptr) cudaFree(scratch);
-    for (void* arena : retired) cudaFree(arena);
-    retired.clear();
+    if (owns_stream || blas_workspace != nullptr || !scratch.empty()) cudaStreamSynchronize(stream);
+    scratch.release();
     // A caller's handle must not keep pointing at the workspace freed below; setting its stream
     // puts it back on cuBLAS's own workspace.
     if (!owns_blas && blas != nullptr && blas_workspace != nullptr) cublasSetStream(blas, stream);
     if (owns_blas) cublasDestroy(blas);
     if (blas_workspace != nullptr) cudaFree(blas_workspace);
     if (owns_stream) cudaStreamDestroy(stream);
-    scratch = blas_workspace = nullptr;
+    blas_workspace = nullptr;
     owns_blas = owns_stream = false;
-  }
-
-  // At least `bytes` of scratch. Growing it allocates, which a graph capture must not do: run
-  // the captured work once before capturing, so the arena already has its final size.
-  void* scratch_of(std::size_t bytes) {
-    if (bytes <= scratch_bytes) return scratch;
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    cuda_check(cudaStreamIsCapturing(stream, &status));
-    if (status != cudaStreamCaptureStatusNone)
-      throw CudaError("CudaBackend: the scratch arena must grow to " + std::to_string(bytes) +
-                      " bytes during a CUDA graph capture; run the captured work once before capturing");
-    if (scratch != nullptr) retired.push_back(scratch);
-    scratch = nullptr;
-    scratch_bytes = 0;
-    cuda_check(cudaMallocAsync(&scratch, bytes, stream));
-    scratch_bytes = bytes;
-    return scratch;
   }
 };
 
@@ -264,7 +358,7 @@ class CudaBackend {
   void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb, float beta,
             MatrixStack<float> c) {
     if (c.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
+    const detail::BlasMathGuard math = context_->bind();
     const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
     const bool bf16 = options_.ns_precision != NsPrecision::fp32;
     const void* pa = a.data;
@@ -290,30 +384,41 @@ class CudaBackend {
         blas_int(c.batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
-  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric. fp32: cublasSsyrk per
-  // matrix on the column-major Xᵀ (ld = cols; trans T gives X·Xᵀ, N gives Xᵀ·X) fills its upper
-  // triangle, the row-major lower one, which is then mirrored; with β ≠ 0 that needs C
-  // symmetric, as the concept says. bf16: symmetric_product.
+  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric. cuBLAS has SYRK for
+  // fp32 only, and no batched SYRK:
+  //   fp32, one matrix: cublasSsyrk on the column-major Xᵀ (ld = cols; trans T gives X·Xᵀ, N gives
+  //     Xᵀ·X), n²·k flops; it fills its upper triangle, the row-major lower one, then mirrored.
+  //   fp32 stacks, and bf16: symmetric_product, one batched call for the whole stack: the tile
+  //     pairs (T(T+1)/2 of T² tiles: 62.5% of the full product's 2n²k flops at T = 4, 75% at 2)
+  //     when the tiles are large enough, else one strided-batched GEMM of the full product (2n²k
+  //     flops, twice SYRK's, in one launch where SYRK took one per matrix: for the small Gram
+  //     matrices of a stack, launches cost more than flops). Which wins for fp32 stacks of large
+  //     matrices against a SYRK loop is to be measured on the first GPU run (BM_cuda_gram).
+  // With β ≠ 0 the mirrored paths need C symmetric, as the concept says.
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
     if (c.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
+    const detail::BlasMathGuard math = context_->bind();
     const bool rows = side == GramSide::rows;
     const std::int64_t n = rows ? x.rows : x.cols, inner = rows ? x.cols : x.rows;
-    if (options_.ns_precision == NsPrecision::fp32) {
-      for (std::int64_t k = 0; k < x.batch; ++k)
-        cuda_check(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    blas_int(n, "Gram size"), blas_int(inner, "inner size"), &alpha, x.matrix(k),
-                                    blas_int(x.cols, "ldx"), &beta, c.matrix(k), blas_int(n, "ldc")));
-      mirror_lower(c.data, n, c.batch);
+    const bool fp32 = options_.ns_precision == NsPrecision::fp32;
+    if (fp32 && x.batch == 1) {
+      cuda_check(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             blas_int(n, "Gram size"), blas_int(inner, "inner size"), &alpha, x.data,
+                             blas_int(x.cols, "ldx"), &beta, c.data, blas_int(n, "ldc")));
+      mirror_lower(c.data, n, 1);
       return;
     }
     const int tiles = symmetric_tiles(n);
     detail::Carver measure;
-    (void)measure.take<__nv_bfloat16>(x.size());
+    if (!fp32) (void)measure.take<__nv_bfloat16>(x.size());
     (void)measure.take<void*>(tile_pointer_count(x.batch, tiles));
     detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    __nv_bfloat16* x16 = carve.take<__nv_bfloat16>(x.size());
+    __nv_bfloat16* x16 = fp32 ? nullptr : carve.take<__nv_bfloat16>(x.size());
     void** pointers = carve.take<void*>(tile_pointer_count(x.batch, tiles));
+    if (fp32) {
+      symmetric_product(x.data, x.batch, x.rows, x.cols, side, alpha, beta, c.data, tiles, pointers);
+      return;
+    }
     to_bf16(x.span(), x16);
     symmetric_product(x16, x.batch, x.rows, x.cols, side, alpha, beta, c.data, tiles, pointers);
   }
@@ -462,12 +567,19 @@ class CudaBackend {
   // the next backend operation, which may reuse it: work on the backend's stream only. Growing
   // it allocates, so call it before a graph capture with the largest size the capture needs.
   [[nodiscard]] void* scratch(std::size_t bytes) { return context_->scratch_of(bytes); }
+  // The arena's size, and the outgrown arenas kept because a graph captured while they were
+  // current may still use them (an arena no capture saw is freed as soon as it is outgrown).
+  [[nodiscard]] std::size_t scratch_bytes() const { return context_->scratch.bytes(); }
+  [[nodiscard]] std::size_t retired_scratch_count() const { return context_->scratch.retired_count(); }
+  // Frees those arenas, in stream order: call it once the graphs captured before the arena last
+  // grew are destroyed (or will not be launched again).
+  void release_retired_scratch() { context_->scratch.release_retired(context_->stream); }
 
  private:
   // newton_schulz on at most ns_batch_limit matrices.
   void newton_schulz_chunk(MatrixStack<float> x, const NsOptions& o) {
     if (x.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
+    const detail::BlasMathGuard math = context_->bind();
     const bool wide = x.rows <= x.cols;
     const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
     const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
@@ -573,27 +685,31 @@ class CudaBackend {
   }
 
   // Pointer-array entries symmetric_product needs (A, B and C arrays) for `tiles` per side.
-  static std::int64_t tile_pointer_count(std::int64_t batch, int tiles) {
-    return tiles == 1 ? 0 : 3 * batch * tiles * (tiles + 1) / 2;
+  [[nodiscard]] std::int64_t tile_pointer_count(std::int64_t batch, int tiles) const {
+    if (tiles == 1 || options_.tile_gemm != SymmetricTileGemm::pointer_array) return 0;
+    return 3 * batch * tiles * (tiles + 1) / 2;
   }
 
-  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols) per matrix of a bf16 stack of
-  // rows×cols matrices, C (fp32 or bf16) symmetric n×n, fp32 accumulation. Row-major X is
+  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols) per matrix of a bf16 or fp32 stack
+  // of rows×cols matrices, C (fp32 or bf16) symmetric n×n, fp32 accumulation. Row-major X is
   // column-major Xᵀ (ld = cols), so X·Xᵀ is op T·N on it and Xᵀ·X is op N·T. With tiles > 1 only
   // the tile pairs (P ≤ Q) of the column-major result are multiplied, the row-major lower
   // triangle, then mirrored (`pointers`: tile_pointer_count entries); with β ≠ 0 that needs C
-  // symmetric, as the concept says. With one tile, a full GEMM: symmetric already.
-  template <class C>
-  void symmetric_product(const __nv_bfloat16* x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+  // symmetric, as the concept says. With one tile, a full GEMM: symmetric already. The tile pairs
+  // go to cuBLAS as options_.tile_gemm says (pointer_array: `pointers` is used; strided_per_pair:
+  // it may be null).
+  template <class T, class C>
+  void symmetric_product(const T* x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
                          GramSide side, float alpha, float beta, C* c, int tiles, void** pointers) {
     const bool by_rows = side == GramSide::rows;
     const std::int64_t n = by_rows ? rows : cols, inner = by_rows ? cols : rows;
     const cublasOperation_t opa = by_rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = by_rows ? CUBLAS_OP_N : CUBLAS_OP_T;
     const cudaDataType_t c_type = std::is_same_v<C, float> ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t x_type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
     if (tiles == 1) {
       cuda_check(cublasGemmStridedBatchedEx(
           context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
-          &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"),
+          &alpha, x, x_type, blas_int(cols, "ldx"), rows * cols, x, x_type, blas_int(cols, "ldx"),
           rows * cols, &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F,
           CUBLAS_GEMM_DEFAULT));
       return;
@@ -605,14 +721,26 @@ class CudaBackend {
     // Consecutive tiles of the operand: t columns of the column-major Xᵀ apart (t rows of X) for
     // X·Xᵀ, t rows of it (t columns of X) for Xᵀ·X.
     const std::int64_t tile_step = by_rows ? t * cols : t;
-    kernels::tile_pair_pointers_kernel<__nv_bfloat16, C>
+    if (options_.tile_gemm == SymmetricTileGemm::strided_per_pair) {
+      // Pair (P, Q), P ≤ Q: the same operands and result tile as the pointer arrays' entries.
+      for (int q = 0; q < tiles; ++q)
+        for (int p = 0; p <= q; ++p)
+          cuda_check(cublasGemmStridedBatchedEx(
+              context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"), blas_int(inner, "inner size"),
+              &alpha, x + p * tile_step, x_type, blas_int(cols, "ldx"), rows * cols, x + q * tile_step, x_type,
+              blas_int(cols, "ldx"), rows * cols, &beta, c + p * t + q * t * n, c_type, blas_int(n, "ldc"), n * n,
+              blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      mirror_lower(c, n, batch);
+      return;
+    }
+    kernels::tile_pair_pointers_kernel<T, C>
         <<<static_cast<unsigned>((entries + kernels::kThreads - 1) / kernels::kThreads), kernels::kThreads, 0,
            context_->stream>>>(x, rows * cols, tile_step, c, n * n, n, t, static_cast<int>(pairs), entries, a_ptrs,
                                b_ptrs, c_ptrs);
     cuda_check(cudaGetLastError());
     cuda_check(cublasGemmBatchedEx(
         context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"), blas_int(inner, "inner size"), &alpha,
-        a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
+        a_ptrs, x_type, blas_int(cols, "ldx"), b_ptrs, x_type, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
         blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     mirror_lower(c, n, batch);
   }
