@@ -25,9 +25,10 @@ inline constexpr std::size_t kArenaGranule = std::size_t{1} << 20;
 // matters when the arena holds the bf16 copies of a 64-expert stack (about 1 GiB).
 [[nodiscard]] constexpr std::size_t grown_arena_bytes(std::size_t current, std::size_t request) noexcept {
   if (request <= current) return current;
-  const std::size_t geometric = current > std::numeric_limits<std::size_t>::max() / 3 * 2 ? request : current + current / 2;
+  constexpr std::size_t most = std::numeric_limits<std::size_t>::max();
+  const std::size_t geometric = current > most / 3 * 2 ? request : current + current / 2;
   const std::size_t want = std::max(request, geometric);
-  if (want > std::numeric_limits<std::size_t>::max() - kArenaGranule) return want;
+  if (want > most - kArenaGranule) return want;
   return (want + kArenaGranule - 1) / kArenaGranule * kArenaGranule;
 }
 
