@@ -335,6 +335,18 @@ TEST_CASE("fp32 means fp32 on a caller's handle in TF32 mode, and the caller's m
 TEST_CASE("the scratch arena grows geometrically and frees what no captured graph can use") {
   CudaBackend gpu;
   constexpr std::size_t kMiB = std::size_t{1} << 20;
+  // The arena comes from the device's default memory pool (cudaMallocAsync); what the pool has
+  // handed out and not taken back shows whether an arena was really freed.
+  int device = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  cudaMemPool_t pool = nullptr;
+  REQUIRE(cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess);
+  const auto pool_used = [&] {
+    REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+    std::uint64_t used = 0;
+    REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess);
+    return used;
+  };
   (void)gpu.scratch(1000);
   CHECK(gpu.scratch_bytes() == kMiB);
   (void)gpu.scratch(kMiB + 1);  // 1.5 MiB, rounded up to 2
@@ -356,16 +368,22 @@ TEST_CASE("the scratch arena grows geometrically and frees what no captured grap
   (void)gpu.scratch(10 * kMiB);
   CHECK(gpu.scratch_bytes() == 10 * kMiB);
   CHECK(gpu.retired_scratch_count() == 1);
+  const std::uint64_t with_retired = pool_used();
   REQUIRE(cudaGraphLaunch(exec, gpu.stream()) == cudaSuccess);  // still valid memory
   REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   gpu.release_retired_scratch();
   CHECK(gpu.retired_scratch_count() == 0);
+  const std::uint64_t released = pool_used();
+  // The 3 MiB arena the graph could use went back (the pool may round a size up).
+  CHECK(with_retired - released >= 3 * kMiB);
   // The new arena was not handed out during a capture: outgrowing it frees it at once.
   (void)gpu.scratch(20 * kMiB);
   CHECK(gpu.retired_scratch_count() == 0);
-  REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+  // 20 MiB in, 10 MiB out: 10 MiB more; kept, the outgrown arena would make it 20.
+  CHECK(pool_used() - released < 20 * kMiB);
+  CHECK(pool_used() - released >= 10 * kMiB);
 }
 
 TEST_CASE("multi-tensor AdamW equals per-tensor AdamW on the CPU across launches") {
