@@ -29,12 +29,15 @@ inline int blas_int(std::int64_t v, const char* what) {
 
 // Pins the math mode of a cuBLAS handle for one sequence of our calls and gives the caller's mode
 // back at the end. A caller's handle may be in CUBLAS_TF32_TENSOR_OP_MATH (PyTorch's, with
-// allow_tf32), which turns fp32 GEMMs into TF32 ones; we pin CUBLAS_DEFAULT_MATH: fp32 products
-// are then true fp32 (compute type CUBLAS_COMPUTE_32F, no TF32), while the bf16 products keep
-// their tensor cores. CUBLAS_PEDANTIC_MATH ("prescribed precision and standardized arithmetic
-// for all phases", meant for numerical studies and documented as possibly slower) would hold the
-// bf16 products to that too, which none of the references does, at a cost in speed; fp32 needs
-// only "no TF32". Whether DEFAULT meets the fp32 bound is what tests/test_cuda.cu checks on a GPU.
+// allow_tf32) or CUBLAS_FP32_EMULATED_BF16X9_MATH, either of which lets cuBLAS replace fp32
+// products by TF32 or emulated ones; we pin CUBLAS_DEFAULT_MATH: fp32 products are then true fp32
+// (CUBLAS_COMPUTE_32F on fp32 operands, cublasSsyrk), while the bf16 products keep their tensor
+// cores. Not CUBLAS_PEDANTIC_MATH: it turns the cublas<T> routines into the _PEDANTIC compute
+// types ("standard arithmetic and exact specified internal storage format"), meant for numerical
+// studies and possibly slower, where fp32 needs only "no TF32, no emulation". DEFAULT also leaves
+// cuBLAS free to reduce split-K partial sums of the bf16-output products in bf16 (no
+// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION), as PyTorch allows by default. Whether
+// DEFAULT meets the fp32 bound is what tests/test_cuda.cu checks on a GPU.
 class BlasMathGuard {
  public:
   explicit BlasMathGuard(cublasHandle_t blas) : blas_(blas) {
