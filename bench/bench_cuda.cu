@@ -3,6 +3,13 @@
 //   BM_cuda_orthogonalize  Newton–Schulz (5 Keller steps) on Moonlight-16B-A3B shapes and the
 //                          64-expert stacks of one MoE layer; counter TFLOP/s from the plain-GEMM
 //                          flop count 5·(4n²m + 2n³) per matrix, as bench/compare_ns.py counts it
+//   BM_cuda_gram           one `gram` (X·Xᵀ, wide X) of a stack, per way of computing it (arg
+//                          `how`): 0 one full GEMM (tiles = 1), 1 the tile pairs through one
+//                          pointer-array batched GEMM, 2 one strided-batched GEMM per tile pair,
+//                          3 (fp32 only) one cublasSsyrk per matrix, the path before fp32 stacks
+//                          were batched. Counter TFLOP/s from the full product's 2n²k flops, so
+//                          the tiled rows show the effective rate: the fastest `how` per shape
+//                          sets CudaOptions::tile_gemm and symmetric_tile_min
 //   BM_cuda_gemm_bf16      one bf16 GEMM (bf16 in and out, fp32 accumulation): the rate NS is held to
 //   BM_cuda_adamw          multi-tensor AdamW; counter GB/s from 28 bytes per element
 //                          (read w, g, m, v; write w, m, v)
@@ -17,6 +24,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <limits>
 #include <muon/backends/cuda.hpp>
 #include <muon/backends/cuda_gradients.hpp>
 #include <muon/muon.hpp>
@@ -73,6 +81,50 @@ void BM_cuda_orthogonalize(benchmark::State& state) {
   const double n = static_cast<double>(std::min(rows, cols)), m = static_cast<double>(std::max(rows, cols));
   const double flops = static_cast<double>(batch) * 5.0 * (4.0 * n * n * m + 2.0 * n * n * n);
   state.counters["TFLOP/s"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_cuda_gram(benchmark::State& state) {
+  const std::int64_t batch = state.range(0), rows = state.range(1), cols = state.range(2), how = state.range(3);
+  const bool bf16 = state.range(4) == 1;
+  if (how == 3 && bf16) {
+    state.SkipWithError("cuBLAS has no bf16 SYRK");
+    return;
+  }
+  muon::CudaOptions options{.ns_precision = bf16 ? muon::NsPrecision::bf16 : muon::NsPrecision::fp32};
+  options.symmetric_tile_min = how == 0 ? std::numeric_limits<std::int64_t>::max() : 64;
+  options.tile_gemm = how == 2 ? muon::SymmetricTileGemm::strided_per_pair : muon::SymmetricTileGemm::pointer_array;
+  muon::CudaBackend gpu(options);
+  auto x = gpu.allocate(batch * rows * cols), c = gpu.allocate(batch * rows * rows);
+  fill_random(gpu, x.span(), 3);
+  const muon::MatrixStack<const float> xs{x.span().data(), batch, rows, cols};
+  const muon::MatrixStack<float> cs{c.span().data(), batch, rows, rows};
+  if (how == 3) {
+    const float alpha = 1.0f, beta = 0.0f;
+    run_timed(state, gpu.stream(), [&] {
+      for (std::int64_t k = 0; k < batch; ++k)
+        muon::cuda_check(cublasSsyrk(gpu.cublas(), CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, static_cast<int>(rows),
+                                     static_cast<int>(cols), &alpha, xs.matrix(k), static_cast<int>(cols), &beta,
+                                     cs.matrix(k), static_cast<int>(rows)));
+    });
+  } else {
+    if (how != 0 && rows % 128 != 0) {
+      state.SkipWithError("the rows do not split into tiles of a multiple of 64");
+      return;
+    }
+    run_timed(state, gpu.stream(), [&] { gpu.gram(1.0f, xs, muon::GramSide::rows, 0.0f, cs); });
+  }
+  const double flops = static_cast<double>(batch) * 2.0 * double(rows) * double(rows) * double(cols);
+  state.counters["TFLOP/s"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// X·Xᵀ of Moonlight's wide matrices and expert stacks (Gram sizes 576 to 4096; 1408 splits into
+// 2 tiles of 704, not into 4 of a multiple of 64), in bf16 and fp32.
+void gram_shapes(benchmark::internal::Benchmark* b) {
+  for (const int bf16 : {1, 0})
+    for (const auto& [batch, rows, cols] : std::vector<std::tuple<int, int, int>>{
+             {1, 2048, 2048}, {1, 4096, 4096}, {1, 576, 2048}, {64, 1408, 2048}, {64, 512, 2048}})
+      for (const int how : {0, 1, 2, 3}) b->Args({batch, rows, cols, how, bf16});
+  b->ArgNames({"batch", "rows", "cols", "how", "bf16"});
 }
 
 void BM_cuda_gemm_bf16(benchmark::State& state) {
@@ -192,6 +244,7 @@ void moonlight_shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_cuda_orthogonalize)->Apply(moonlight_shapes)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_cuda_gram)->Apply(gram_shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_gemm_bf16)->Arg(2048)->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // 64 tensors of 4 Mi elements (1 GiB of fp32 state in all), and one embedding-sized tensor.
 BENCHMARK(BM_cuda_adamw)

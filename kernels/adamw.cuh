@@ -1,9 +1,8 @@
 // kernels/adamw.cuh: AdamW over many tensors in one launch.
 //
-// Every block owns one chunk of kAdamWChunk elements of one tensor; the tensors' pointers and
-// the block where each begins travel in the kernel's parameters (about 2.4 KiB, under the 4 KiB
-// every architecture takes), so a launch needs no device-side table and is capturable as is.
-// Longer lists are split into launches of kAdamWMaxTensors. The arithmetic is the Eigen
+// A multi-tensor launch (kernels/launch.cuh): every block owns one chunk of kAdamWChunk elements
+// of one tensor, the table of up to kAdamWMaxTensors tensors (about 2.3 KiB) in the kernel's
+// parameters; longer lists are split into several launches. The arithmetic is the Eigen
 // backend's, in its order: W ← W·(1 − lr·wd) − (lr/bc1)·m/(√v/√bc2 + ε).
 #pragma once
 
@@ -33,11 +32,7 @@ struct AdamWConstants {
 inline constexpr int kAdamWMaxTensors = 48;
 inline constexpr std::int64_t kAdamWChunk = 16 * kThreads;
 
-struct AdamWLaunch {
-  AdamWTensor tensors[kAdamWMaxTensors];
-  std::int64_t first_block[kAdamWMaxTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k+1])
-  int count;
-};
+using AdamWLaunch = MultiTensorLaunch<AdamWTensor, kAdamWMaxTensors>;
 
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamWConstants s,
@@ -45,8 +40,7 @@ __global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamW
   const float step_size = values->adamw_step_size, bc2_sqrt = values->adamw_bc2_sqrt, decay = values->decay,
               grad_scale = values->grad_scale;
   const std::int64_t block = blockIdx.x;
-  int k = 0;
-  while (block >= launch.first_block[k + 1]) ++k;  // ends: block < first_block[count]
+  const int k = launch.tensor_of(block);
   const AdamWTensor& t = launch.tensors[k];
   const std::int64_t begin = (block - launch.first_block[k]) * kAdamWChunk;
   const std::int64_t end = begin + kAdamWChunk < t.n ? begin + kAdamWChunk : t.n;
@@ -61,23 +55,13 @@ __global__ void __launch_bounds__(kBlock) adamw_kernel(AdamWLaunch launch, AdamW
   }
 }
 
-// Launches as few kernels as the list allows on `stream`; empty tensors are skipped. Throws
-// CudaError (muon/cuda_check.hpp) when a launch fails.
+// Launches as few kernels as the list allows on `stream`. Throws CudaError
+// (muon/cuda_check.hpp) when a launch fails.
 inline void launch_adamw(std::span<const AdamWTensor> tensors, const AdamWConstants& s, const StepValues* values,
-                                cudaStream_t stream) {
-  std::size_t next = 0;
-  while (next < tensors.size()) {
-    AdamWLaunch launch{};
-    launch.first_block[0] = 0;
-    for (; next < tensors.size() && launch.count < kAdamWMaxTensors; ++next) {
-      if (tensors[next].n == 0) continue;
-      launch.tensors[launch.count] = tensors[next];
-      launch.first_block[launch.count + 1] =
-          launch.first_block[launch.count] + (tensors[next].n + kAdamWChunk - 1) / kAdamWChunk;
-      ++launch.count;
-    }
-    const std::int64_t blocks = launch.first_block[launch.count];
-    if (blocks == 0) break;
+                         cudaStream_t stream) {
+  for (const AdamWLaunch& launch : multi_tensor_launches<AdamWLaunch>(tensors, kAdamWChunk)) {
+    const std::int64_t blocks = launch.blocks();
+    if (blocks == 0) continue;
     if (blocks > 0x7fffffff) cuda_check(cudaErrorInvalidValue);  // > 2³¹ blocks: 17 Tera-elements
     adamw_kernel<kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(launch, s, values);
     cuda_check(cudaGetLastError());

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 namespace muon::kernels {
 
@@ -42,6 +44,42 @@ __device__ double block_sum(double v) {
   v = lane < kBlock / 32 ? warp_sums[lane] : 0.0;
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
   return v;
+}
+
+// Many tensors in one launch (AdamW, the gradients' Σx²): every block owns one chunk of `chunk`
+// elements of one tensor, and the table (the tensors, and the block where each begins) travels in
+// the kernel's parameters, so a launch needs no device-side table and is capturable as is. Keep
+// sizeof(MultiTensorLaunch) under the 4 KiB of parameters every architecture takes. Tensor: any
+// struct with an element count `n`.
+template <class Tensor, int kMaxTensors>
+struct MultiTensorLaunch {
+  static constexpr int kMax = kMaxTensors;
+  Tensor tensors[kMaxTensors];
+  std::int64_t first_block[kMaxTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k+1])
+  int count;
+
+  [[nodiscard]] __host__ __device__ std::int64_t blocks() const { return first_block[count]; }
+  // The tensor that block `block` works on (empty tensors own no block and are passed over).
+  [[nodiscard]] __device__ int tensor_of(std::int64_t block) const {
+    int k = 0;
+    while (block >= first_block[k + 1]) ++k;  // ends: block < first_block[count]
+    return k;
+  }
+};
+
+// The launches for `tensors`, in order, Launch::kMax tensors each (the last may hold fewer), with
+// `chunk` elements per block.
+template <class Launch, class Tensor>
+[[nodiscard]] std::vector<Launch> multi_tensor_launches(std::span<const Tensor> tensors, std::int64_t chunk) {
+  std::vector<Launch> launches;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (i % Launch::kMax == 0) launches.push_back(Launch{});  // value-initialised: count 0, first_block[0] 0
+    Launch& l = launches.back();
+    l.tensors[l.count] = tensors[i];
+    l.first_block[l.count + 1] = l.first_block[l.count] + (tensors[i].n + chunk - 1) / chunk;
+    ++l.count;
+  }
+  return launches;
 }
 
 }  // namespace muon::kernels

@@ -69,29 +69,28 @@ __global__ void flag_non_finite_kernel(std::int64_t n, const T* x, int* flag) {
     if (!isfinite(to_float(x[i]))) *flag = 1;
 }
 
-// Σx² of many tensors with one launch per kMultiMaxTensors: each block reduces one chunk of one
-// tensor into partial[block]; finish_multi_sum_squares_kernel then adds each tensor's chunks.
-// The table travels in the kernel parameters (≈ 1.5 KiB), like AdamW's.
+// Σx² of many tensors with one multi-tensor launch (kernels/launch.cuh) per kMultiMaxTensors:
+// each block reduces one chunk of one tensor into partial[block]; finish_multi_sum_squares_kernel
+// then adds each tensor's chunks (the table is about 1.5 KiB).
 inline constexpr int kMultiMaxTensors = 64;
 inline constexpr std::int64_t kSumSquaresChunk = 64 * kThreads;
 
-struct SumSquaresLaunch {
-  const float* x[kMultiMaxTensors];
-  std::int64_t n[kMultiMaxTensors];
-  std::int64_t first_block[kMultiMaxTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k+1])
-  int count;
+struct SumSquaresTensor {
+  const float* x;
+  std::int64_t n;
 };
+using SumSquaresLaunch = MultiTensorLaunch<SumSquaresTensor, kMultiMaxTensors>;
 
 template <int kBlock>
 __global__ void __launch_bounds__(kBlock) multi_sum_squares_kernel(SumSquaresLaunch launch, double* partial) {
   const std::int64_t block = blockIdx.x;
-  int k = 0;
-  while (block >= launch.first_block[k + 1]) ++k;  // ends: block < first_block[count]
+  const int k = launch.tensor_of(block);
+  const SumSquaresTensor& t = launch.tensors[k];
   const std::int64_t begin = (block - launch.first_block[k]) * kSumSquaresChunk;
-  const std::int64_t end = begin + kSumSquaresChunk < launch.n[k] ? begin + kSumSquaresChunk : launch.n[k];
+  const std::int64_t end = begin + kSumSquaresChunk < t.n ? begin + kSumSquaresChunk : t.n;
   double s = 0.0;
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kBlock) {
-    const double v = launch.x[k][i];
+    const double v = t.x[i];
     s += v * v;
   }
   s = block_sum<kBlock>(s);

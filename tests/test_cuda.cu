@@ -205,11 +205,16 @@ TEST_CASE("bf16 products equal fp32 products of bf16-rounded operands on every p
   // bf16 products are exact in fp32, so only the accumulation differs. Tensor cores accumulate
   // in fp32 but do not round every partial sum as IEEE does, hence 1e-4 rather than 3e-5.
   constexpr double kTolerance = 1e-4;
-  // symmetric_tile_min 64 sends small Gram matrices down the tile-pair path; the default sends
-  // them to one full GEMM.
-  for (const std::int64_t tile_min : {std::int64_t{64}, std::int64_t{512}}) {
+  // symmetric_tile_min 64 sends small Gram matrices down the tile-pair path (through either tile
+  // GEMM); the default sends them to one full GEMM.
+  for (const auto& [tile_min, tile_gemm] :
+       {std::pair{std::int64_t{64}, muon::SymmetricTileGemm::pointer_array},
+        std::pair{std::int64_t{64}, muon::SymmetricTileGemm::strided_per_pair},
+        std::pair{std::int64_t{512}, muon::SymmetricTileGemm::pointer_array}}) {
     CAPTURE(tile_min);
-    CudaBackend gpu(CudaOptions{.ns_precision = NsPrecision::bf16, .symmetric_tile_min = tile_min});
+    CAPTURE(static_cast<int>(tile_gemm));
+    CudaBackend gpu(
+        CudaOptions{.ns_precision = NsPrecision::bf16, .symmetric_tile_min = tile_min, .tile_gemm = tile_gemm});
     // Gram sizes 256 (4 tiles of 64), 128 (2 tiles of 64) and 200 (no tiling), on both sides.
     for (const auto& [rows, cols, side] : {std::tuple{256, 96, muon::GramSide::rows},
                                            {80, 128, muon::GramSide::cols},
@@ -255,6 +260,130 @@ TEST_CASE("bf16 products equal fp32 products of bf16-rounded operands on every p
         CHECK(relative_error(download(gpu, dc.span()), expected) < kTolerance);
       }
   }
+}
+
+TEST_CASE("fp32 Gram matrices of one matrix (SYRK) and of stacks (tiled or not, both tile GEMMs) conform") {
+  for (const auto tile_gemm : {muon::SymmetricTileGemm::pointer_array, muon::SymmetricTileGemm::strided_per_pair}) {
+    CAPTURE(static_cast<int>(tile_gemm));
+    CudaBackend gpu(CudaOptions{.ns_precision = NsPrecision::fp32, .symmetric_tile_min = 64, .tile_gemm = tile_gemm});
+    // Gram sizes 256 (4 tiles), 128 (2 tiles) and 200 (one full GEMM); batch 1 takes SYRK.
+    for (const auto& [rows, cols, side] : {std::tuple{256, 96, muon::GramSide::rows},
+                                           {80, 128, muon::GramSide::cols},
+                                           {200, 72, muon::GramSide::rows}})
+      for (const std::int64_t batch : {1, 3})
+        for (const float beta : {0.0f, 0.5f}) {
+          CAPTURE(rows);
+          CAPTURE(cols);
+          CAPTURE(batch);
+          CAPTURE(beta);
+          const std::int64_t s = side == muon::GramSide::rows ? rows : cols;
+          const auto x = random_values(static_cast<std::size_t>(batch * rows * cols), 21);
+          auto c = random_values(static_cast<std::size_t>(batch * s * s), 22);
+          for (std::int64_t q = 0; q < batch; ++q)
+            for (std::int64_t i = 0; i < s; ++i)
+              for (std::int64_t j = 0; j < i; ++j) c[(q * s + j) * s + i] = c[(q * s + i) * s + j];
+          auto expected = c;
+          ref::gram(1.5f, {x.data(), batch, rows, cols}, side, beta, {expected.data(), batch, s, s});
+          Device dx(gpu, x), dc(gpu, c);
+          if (beta == 0.0f) poison(gpu, dc.span());
+          gpu.gram(1.5f, {dx.data(), batch, rows, cols}, side, beta, {dc.data(), batch, s, s});
+          CHECK(relative_error(download(gpu, dc.span()), expected) < kFp32ProductTolerance);
+        }
+  }
+}
+
+TEST_CASE("fp32 means fp32 on a caller's handle in TF32 mode, and the caller's mode comes back") {
+  cublasHandle_t handle = nullptr;
+  REQUIRE(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH) == CUBLAS_STATUS_SUCCESS);
+  {
+    CudaBackend caller(nullptr, handle, CudaOptions{.ns_precision = NsPrecision::fp32});
+    CudaBackend own(CudaOptions{.ns_precision = NsPrecision::fp32});
+    // k = 128: TF32's 10-bit mantissas would miss the fp32 bound by an order of magnitude.
+    const std::int64_t batch = 2, m = 96, k = 128, n = 64;
+    const auto a = random_values(batch * m * k, 31), b = random_values(batch * k * n, 32);
+    std::vector<float> expected(static_cast<std::size_t>(batch * m * n)), expected_gram(batch * m * m);
+    ref::gemm(1.0f, {a.data(), batch, m, k}, Transpose::no, {b.data(), batch, k, n}, Transpose::no, 0.0f,
+              {expected.data(), batch, m, n});
+    ref::gram(1.0f, {a.data(), batch, m, k}, muon::GramSide::rows, 0.0f, {expected_gram.data(), batch, m, m});
+    std::vector<std::vector<float>> results;
+    for (CudaBackend* gpu : {&caller, &own}) {
+      Device da(*gpu, a), db(*gpu, b), dc(*gpu, std::vector<float>(expected.size(), kNaN)),
+          dg(*gpu, std::vector<float>(expected_gram.size(), kNaN)), dg1(*gpu, std::vector<float>(m * m, kNaN));
+      gpu->gemm(1.0f, {da.data(), batch, m, k}, Transpose::no, {db.data(), batch, k, n}, Transpose::no, 0.0f,
+                {dc.data(), batch, m, n});
+      gpu->gram(1.0f, {da.data(), batch, m, k}, muon::GramSide::rows, 0.0f, {dg.data(), batch, m, m});
+      gpu->gram(1.0f, {da.data(), 1, m, k}, muon::GramSide::rows, 0.0f, {dg1.data(), 1, m, m});  // SYRK
+      const auto c = download(*gpu, dc.span()), g = download(*gpu, dg.span()), g1 = download(*gpu, dg1.span());
+      CHECK(relative_error(c, expected) < kFp32ProductTolerance);
+      CHECK(relative_error(g, expected_gram) < kFp32ProductTolerance);
+      CHECK(relative_error(g1, std::vector<float>(expected_gram.begin(), expected_gram.begin() + m * m)) <
+            kFp32ProductTolerance);
+      results.push_back(c);
+      results.push_back(g);
+    }
+    // The caller's handle computes what the backend's own (in its default mode) computes.
+    CHECK(relative_error(results[0], results[2]) < 1e-6);
+    CHECK(relative_error(results[1], results[3]) < 1e-6);
+    cublasMath_t mode = CUBLAS_DEFAULT_MATH;
+    REQUIRE(cublasGetMathMode(handle, &mode) == CUBLAS_STATUS_SUCCESS);
+    CHECK(mode == CUBLAS_TF32_TENSOR_OP_MATH);
+  }
+  cublasDestroy(handle);
+}
+
+TEST_CASE("the scratch arena grows geometrically and frees what no captured graph can use") {
+  CudaBackend gpu;
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  // The arena comes from the device's default memory pool (cudaMallocAsync); what the pool has
+  // handed out and not taken back shows whether an arena was really freed.
+  int device = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  cudaMemPool_t pool = nullptr;
+  REQUIRE(cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess);
+  const auto pool_used = [&] {
+    REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+    std::uint64_t used = 0;
+    REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess);
+    return used;
+  };
+  (void)gpu.scratch(1000);
+  CHECK(gpu.scratch_bytes() == kMiB);
+  (void)gpu.scratch(kMiB + 1);  // 1.5 MiB, rounded up to 2
+  CHECK(gpu.scratch_bytes() == 2 * kMiB);
+  (void)gpu.scratch(2 * kMiB + 1);  // ×1.5: 3 MiB
+  CHECK(gpu.scratch_bytes() == 3 * kMiB);
+  CHECK(gpu.retired_scratch_count() == 0);  // no capture saw the outgrown arenas: freed at once
+
+  // An arena handed out during a capture may be read by the graph's replays: kept when outgrown.
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(gpu.stream(), cudaStreamCaptureModeGlobal) == cudaSuccess);
+  void* captured = gpu.scratch(100);
+  REQUIRE(cudaMemsetAsync(captured, 0, 100, gpu.stream()) == cudaSuccess);
+  // Growing during a capture would allocate: refused, and the capture goes on.
+  CHECK_THROWS_AS((void)gpu.scratch(100 * kMiB), muon::CudaError);
+  REQUIRE(cudaStreamEndCapture(gpu.stream(), &graph) == cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  (void)gpu.scratch(10 * kMiB);
+  CHECK(gpu.scratch_bytes() == 10 * kMiB);
+  CHECK(gpu.retired_scratch_count() == 1);
+  const std::uint64_t with_retired = pool_used();
+  REQUIRE(cudaGraphLaunch(exec, gpu.stream()) == cudaSuccess);  // still valid memory
+  REQUIRE(cudaStreamSynchronize(gpu.stream()) == cudaSuccess);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  gpu.release_retired_scratch();
+  CHECK(gpu.retired_scratch_count() == 0);
+  const std::uint64_t released = pool_used();
+  // The 3 MiB arena the graph could use went back (the pool may round a size up).
+  CHECK(with_retired - released >= 3 * kMiB);
+  // The new arena was not handed out during a capture: outgrowing it frees it at once.
+  (void)gpu.scratch(20 * kMiB);
+  CHECK(gpu.retired_scratch_count() == 0);
+  // 20 MiB in, 10 MiB out: 10 MiB more; kept, the outgrown arena would make it 20.
+  CHECK(pool_used() - released < 20 * kMiB);
+  CHECK(pool_used() - released >= 10 * kMiB);
 }
 
 TEST_CASE("multi-tensor AdamW equals per-tensor AdamW on the CPU across launches") {

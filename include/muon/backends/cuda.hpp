@@ -17,10 +17,18 @@
 //     operands with fp32 accumulation and an fp32 result. Buffers stay fp32 (the concept's
 //     type); each product rounds its operands to bf16 into the backend's scratch first, which
 //     costs one O(n·m) pass per operand against the O(n²·m) product.
-//   fp32: fp32 GEMMs (no TF32) and cublasSsyrk.
-// Symmetric products (`gram`): fp32 uses cublasSsyrk per matrix; bf16 has no SYRK in cuBLAS, so
-// it runs batched GEMMs over the upper-triangle tile pairs when the tiles are large enough to
-// keep the GEMMs efficient (CudaOptions::symmetric_tile_min), else one full GEMM; then mirrors.
+//   fp32: fp32 GEMMs, never TF32: every cuBLAS sequence pins CUBLAS_DEFAULT_MATH and gives a
+//     caller's handle its own mode back (a PyTorch handle with allow_tf32 is in TF32 mode).
+// Symmetric products (`gram`): one fp32 matrix uses cublasSsyrk; stacks, and bf16 (cuBLAS has no
+// bf16 SYRK, and no batched SYRK at all), run one batched call over the upper-triangle tile pairs
+// when the tiles are large enough to keep the GEMMs efficient (CudaOptions::symmetric_tile_min),
+// else one strided-batched full GEMM; then mirror.
+//
+// The backend in files, by responsibility (all under muon/backends/cuda/, namespace detail but
+// options.hpp): options.hpp (CudaOptions), arena_growth.hpp + arena.hpp (the scratch arena),
+// context.hpp (stream, cuBLAS handle, math-mode guard), elementwise.hpp (the non-product
+// operations), products.hpp (gemm, gram, the tile pairs), newton_schulz.hpp (the bf16 loop).
+// This file is the class that ties them to the Backend concept: include it, not them.
 //
 // Include from .cu files (nvcc) only, and link muon::cuda.
 //
@@ -33,151 +41,23 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <span>
-#include <string>
-#include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "kernels/adamw.cuh"
-#include "kernels/elementwise.cuh"
-#include "kernels/norms.cuh"
-#include "kernels/symmetric.cuh"
 #include "muon/backend.hpp"
+#include "muon/backends/cuda/arena.hpp"
+#include "muon/backends/cuda/context.hpp"
+#include "muon/backends/cuda/elementwise.hpp"
+#include "muon/backends/cuda/newton_schulz.hpp"
+#include "muon/backends/cuda/options.hpp"
+#include "muon/backends/cuda/products.hpp"
 #include "muon/cuda_check.hpp"
-#include "muon/error.hpp"
 #include "muon/orthogonalize.hpp"
 
 namespace muon {
-
-struct CudaOptions {
-  NsPrecision ns_precision = NsPrecision::bf16;  // automatic is bf16 too: every GPU this targets has it
-  // bf16 `gram` splits the n×n result into tiles of side n/T (T = 4 or 2, the tile a multiple of
-  // 64) and computes only the T(T+1)/2 upper tile pairs when a tile is at least this big; smaller
-  // tiles lose more GEMM efficiency than the 25–37% of flops they save. Untuned: measure on the GPU.
-  std::int64_t symmetric_tile_min = 512;
-  std::size_t cublas_workspace_bytes = std::size_t{32} << 20;  // cuBLAS's recommendation for Hopper
-  // The most elements (matrices × rows × cols) one batched Newton–Schulz call takes; a larger
-  // stack runs in chunks. Bounds the scratch and the NsWorkspace (about 6 GiB at 2²⁸) while a
-  // layer's 64 experts [64, 1408, 2048] (185 M elements) still go in one call.
-  std::int64_t ns_batch_elements = std::int64_t{1} << 28;
-};
-
-namespace detail {
-
-
-// cuBLAS takes int dimensions.
-inline int blas_int(std::int64_t v, const char* what) {
-  if (v > std::numeric_limits<int>::max())
-    throw InvalidArgument(std::string("CudaBackend: ") + what + " = " + std::to_string(v) +
-                          " exceeds cuBLAS's int range");
-  return static_cast<int>(v);
-}
-
-// What every Buffer and the backend share: the stream, the cuBLAS handle and its workspace, and a
-// scratch arena that grows on demand (bf16 operand copies, norm partials, GEMM pointer arrays).
-// Operations run in stream order, so each may use the arena from offset 0.
-struct Context {
-  cudaStream_t stream = nullptr;
-  cublasHandle_t blas = nullptr;
-  bool owns_stream = false, owns_blas = false;
-  void* blas_workspace = nullptr;
-  void* scratch = nullptr;
-  std::size_t scratch_bytes = 0;
-  // Arenas outgrown: an instantiated CUDA graph may still use them, so they live until release.
-  std::vector<void*> retired;
-
-  // own_stream: make a non-blocking stream; else use `s` (null: the legacy default stream).
-  // A null `h` makes a handle of its own.
-  Context(bool own_stream, cudaStream_t s, cublasHandle_t h, std::size_t workspace_bytes) : stream(s), blas(h) {
-    try {
-      if (own_stream) {
-        cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-        owns_stream = true;
-      }
-      if (blas == nullptr) {
-        cuda_check(cublasCreate(&blas));
-        owns_blas = true;
-      }
-      // A workspace the handle keeps for good: cuBLAS then allocates nothing during graph capture.
-      // cublasSetStream resets the workspace, hence this order.
-      cuda_check(cublasSetStream(blas, stream));
-      cuda_check(cudaMalloc(&blas_workspace, workspace_bytes));
-      cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
-    } catch (...) {
-      release();
-      throw;
-    }
-  }
-  Context(const Context&) = delete;
-  Context& operator=(const Context&) = delete;
-  ~Context() { release(); }
-
-  // A caller's handle may have been rebound by its other users (PyTorch sets its own stream
-  // before each use, which also drops our workspace): bind it again before each cuBLAS sequence.
-  void bind(std::size_t workspace_bytes) {
-    if (owns_blas) return;
-    cuda_check(cublasSetStream(blas, stream));
-    cuda_check(cublasSetWorkspace(blas, blas_workspace, workspace_bytes));
-  }
-
-  // Errors are not reported here (it runs in a destructor); the calls only release resources.
-  void release() noexcept {
-    if (owns_stream || blas_workspace != nullptr || scratch != nullptr) cudaStreamSynchronize(stream);
-    if (scratch != nullptr) cudaFree(scratch);
-    for (void* arena : retired) cudaFree(arena);
-    retired.clear();
-    // A caller's handle must not keep pointing at the workspace freed below; setting its stream
-    // puts it back on cuBLAS's own workspace.
-    if (!owns_blas && blas != nullptr && blas_workspace != nullptr) cublasSetStream(blas, stream);
-    if (owns_blas) cublasDestroy(blas);
-    if (blas_workspace != nullptr) cudaFree(blas_workspace);
-    if (owns_stream) cudaStreamDestroy(stream);
-    scratch = blas_workspace = nullptr;
-    owns_blas = owns_stream = false;
-  }
-
-  // At least `bytes` of scratch. Growing it allocates, which a graph capture must not do: run
-  // the captured work once before capturing, so the arena already has its final size.
-  void* scratch_of(std::size_t bytes) {
-    if (bytes <= scratch_bytes) return scratch;
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    cuda_check(cudaStreamIsCapturing(stream, &status));
-    if (status != cudaStreamCaptureStatusNone)
-      throw CudaError("CudaBackend: the scratch arena must grow to " + std::to_string(bytes) +
-                      " bytes during a CUDA graph capture; run the captured work once before capturing");
-    if (scratch != nullptr) retired.push_back(scratch);
-    scratch = nullptr;
-    scratch_bytes = 0;
-    cuda_check(cudaMallocAsync(&scratch, bytes, stream));
-    scratch_bytes = bytes;
-    return scratch;
-  }
-};
-
-// Carves aligned pieces out of the scratch arena: first measure (arena == nullptr), then place.
-class Carver {
- public:
-  explicit Carver(char* arena = nullptr) : arena_(arena) {}
-  template <class T>
-  T* take(std::int64_t count) {
-    offset_ = (offset_ + 255) / 256 * 256;  // 256 bytes: what cuBLAS wants for its operands
-    T* p = arena_ == nullptr ? nullptr : reinterpret_cast<T*>(arena_ + offset_);
-    offset_ += static_cast<std::size_t>(count) * sizeof(T);
-    return p;
-  }
-  [[nodiscard]] std::size_t bytes() const { return offset_; }
-
- private:
-  char* arena_;
-  std::size_t offset_ = 0;
-};
-
-}  // namespace detail
 
 class CudaBackend {
  public:
@@ -258,140 +138,55 @@ class CudaBackend {
   };
   [[nodiscard]] HostBuffer allocate_host(std::int64_t n) { return HostBuffer(n); }
 
-  // C = α·op(A)·op(B) + β·C per matrix. Row-major C = op(A)·op(B) is column-major
-  // Cᵀ = op(B)ᵀ·op(A)ᵀ, and a row-major matrix read column-major is its transpose: so cuBLAS gets
-  // B first, each with its own transpose flag, and the leading dimensions are the row lengths.
+  // C = α·op(A)·op(B) + β·C per matrix (muon/backends/cuda/products.hpp).
   void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<const float> b, Transpose tb, float beta,
             MatrixStack<float> c) {
-    if (c.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
-    const std::int64_t k = ta == Transpose::yes ? a.rows : a.cols;
-    const bool bf16 = options_.ns_precision != NsPrecision::fp32;
-    const void* pa = a.data;
-    const void* pb = b.data;
-    if (bf16) {
-      const bool same = a.data == b.data && a.size() == b.size();
-      detail::Carver measure;
-      (void)measure.take<__nv_bfloat16>(a.size());
-      if (!same) (void)measure.take<__nv_bfloat16>(b.size());
-      detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-      __nv_bfloat16* a16 = carve.take<__nv_bfloat16>(a.size());
-      __nv_bfloat16* b16 = same ? a16 : carve.take<__nv_bfloat16>(b.size());
-      to_bf16(a.span(), a16);
-      if (!same) to_bf16(b.span(), b16);
-      pa = a16;
-      pb = b16;
-    }
-    const cudaDataType_t operand = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    cuda_check(cublasGemmStridedBatchedEx(
-        context_->blas, op(tb), op(ta), blas_int(c.cols, "columns"), blas_int(c.rows, "rows"),
-        blas_int(k, "inner size"), &alpha, pb, operand, blas_int(b.cols, "ldb"), b.matrix_size(), pa, operand,
-        blas_int(a.cols, "lda"), a.matrix_size(), &beta, c.data, CUDA_R_32F, blas_int(c.cols, "ldc"), c.matrix_size(),
-        blas_int(c.batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    detail::gemm(*context_, options_, alpha, a, ta, b, tb, beta, c);
   }
-
-  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric. fp32: cublasSsyrk per
-  // matrix on the column-major Xᵀ (ld = cols; trans T gives X·Xᵀ, N gives Xᵀ·X) fills its upper
-  // triangle, the row-major lower one, which is then mirrored; with β ≠ 0 that needs C
-  // symmetric, as the concept says. bf16: symmetric_product.
+  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols), C symmetric (products.hpp).
   void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c) {
-    if (c.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
-    const bool rows = side == GramSide::rows;
-    const std::int64_t n = rows ? x.rows : x.cols, inner = rows ? x.cols : x.rows;
-    if (options_.ns_precision == NsPrecision::fp32) {
-      for (std::int64_t k = 0; k < x.batch; ++k)
-        cuda_check(cublasSsyrk(context_->blas, CUBLAS_FILL_MODE_UPPER, rows ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    blas_int(n, "Gram size"), blas_int(inner, "inner size"), &alpha, x.matrix(k),
-                                    blas_int(x.cols, "ldx"), &beta, c.matrix(k), blas_int(n, "ldc")));
-      mirror_lower(c.data, n, c.batch);
-      return;
-    }
-    const int tiles = symmetric_tiles(n);
-    detail::Carver measure;
-    (void)measure.take<__nv_bfloat16>(x.size());
-    (void)measure.take<void*>(tile_pointer_count(x.batch, tiles));
-    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    __nv_bfloat16* x16 = carve.take<__nv_bfloat16>(x.size());
-    void** pointers = carve.take<void*>(tile_pointer_count(x.batch, tiles));
-    to_bf16(x.span(), x16);
-    symmetric_product(x16, x.batch, x.rows, x.cols, side, alpha, beta, c.data, tiles, pointers);
+    detail::gram(*context_, options_, alpha, x, side, beta, c);
   }
 
   void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) {
-    if (y.empty()) return;
-    const auto n = static_cast<std::int64_t>(y.size());
-    kernels::axpby_kernel<float>
-        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, alpha, x.data(), beta, y.data());
-    cuda_check(cudaGetLastError());
+    detail::axpby(*context_, alpha, x, beta, y);
   }
-
   // Muon's decay and apply, W ← decay·W − (lr·scale)·O, with lr and decay read on the device.
-  void update(std::span<float> w, std::span<const float> o, UpdateStep s) { update(w, o.data(), s); }
+  void update(std::span<float> w, std::span<const float> o, UpdateStep s) { detail::update(*context_, w, o.data(), s); }
   // The same from a bf16 update, beyond the concept: for callers that keep O in bf16.
   template <class X>
   void update(std::span<float> w, const X* o, UpdateStep s) {
-    if (w.empty()) return;
-    const auto n = static_cast<std::int64_t>(w.size());
-    kernels::update_kernel<X>
-        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, s.scale, s.values, o, w.data());
-    cuda_check(cudaGetLastError());
+    detail::update(*context_, w, o, s);
   }
-
-  // Per matrix, on the device: ‖X‖_F (kernels/norms.cuh), then X ← X·(1/(‖X‖+ε)) or
-  // X·(1/max(‖X‖, ε)); the factors stay on the device and feed the scaling kernel directly.
-  void normalize(MatrixStack<float> x, float eps, NormEps mode) {
-    if (x.size() == 0) return;
-    const int parts = kernels::norm_parts(x.matrix_size());
-    detail::Carver measure;
-    (void)measure.take<double>(x.batch * parts);
-    (void)measure.take<float>(x.batch);
-    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    double* partial = carve.take<double>(x.batch * parts);
-    float* inverse = carve.take<float>(x.batch);
-    inverse_norms(x.as_const(), eps, mode, partial, inverse);
-    scale_matrices(x.data, x.batch, x.matrix_size(), inverse, x.data);
-  }
+  // Per matrix, on the device: X ← X·(1/(‖X‖+ε)) or X·(1/max(‖X‖, ε)).
+  void normalize(MatrixStack<float> x, float eps, NormEps mode) { detail::normalize(*context_, x, eps, mode); }
 
   // Optional capability (muon/orthogonalize.hpp, RunsNewtonSchulz): the whole Newton–Schulz of a
-  // stack with bf16 storage, as the references run it. X is normalised on the device and cast to
-  // bf16 in one pass; every iteration is three cuBLAS calls with the epilogues in α/β:
-  //   A = X·Xᵀ (symmetric: tile pairs + mirror); B = c·A·A + b·A (A·A = A·Aᵀ, symmetric too, onto
-  //   a copy of A); X' = a·X + B·X (onto a copy of X);
-  // and X is cast back to fp32 at the end. X, A and B stay in bf16 between the products (the
-  // portable path rounds fp32 buffers to bf16 before every product instead). Tall matrices
-  // iterate on Xᵀ·X and multiply from the right, with no transposition. Returns false, doing
-  // nothing, in fp32 precision and for the shapes `options` sends to Gram Newton–Schulz: the
-  // portable path runs those. Stacks run in chunks of ns_batch_limit matrices.
+  // stack with bf16 storage, as the references run it (muon/backends/cuda/newton_schulz.hpp).
+  // Returns false, doing nothing, in fp32 precision and for the shapes `options` sends to Gram
+  // Newton–Schulz: the portable path runs those. Stacks run in chunks of ns_batch_limit matrices.
   [[nodiscard]] bool takes_newton_schulz(std::int64_t rows, std::int64_t cols, const NsOptions& o) const {
     return options_.ns_precision != NsPrecision::fp32 && !uses_gram_ns(o, rows, cols);
   }
   void newton_schulz(MatrixStack<float> x, const NsOptions& o) {
     const std::int64_t chunk = ns_batch_limit(x.rows, x.cols);
     for (std::int64_t k = 0; k < x.batch; k += chunk)
-      newton_schulz_chunk(MatrixStack<float>{x.matrix(k), std::min(chunk, x.batch - k), x.rows, x.cols}, o);
+      detail::newton_schulz_chunk(*context_, options_,
+                                  MatrixStack<float>{x.matrix(k), std::min(chunk, x.batch - k), x.rows, x.cols}, o);
   }
-
-  // Optional capability (muon/orthogonalize.hpp, LimitsNsBatch): the matrices per batched call,
-  // at most 65535 (the per-matrix kernels put the matrix index in gridDim.y or z).
+  // Optional capability (LimitsNsBatch): the matrices per batched call.
   [[nodiscard]] std::int64_t ns_batch_limit(std::int64_t rows, std::int64_t cols) const {
-    return std::clamp<std::int64_t>(options_.ns_batch_elements / std::max<std::int64_t>(1, rows * cols), 1, 65535);
+    return detail::ns_batch_limit(options_, rows, cols);
   }
 
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
-    if (m.empty()) return;
-    const auto n = static_cast<std::int64_t>(m.size());
-    const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;  // weight of G in the buffer
-    kernels::momentum_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(
-        n, m.data(), g.data(), s.mu, gain, s.values, s.nesterov, u.data());
-    cuda_check(cudaGetLastError());
+    detail::momentum(*context_, m, g, s, u);
   }
 
   void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s) {
     const kernels::AdamWTensor t{w.data(), g.data(), m.data(), v.data(), static_cast<std::int64_t>(w.size())};
     adamw_many(std::span(&t, 1), s);
   }
-
   // AdamW on many tensors with the same hyper-parameters, in as few launches as possible
   // (kernels/adamw.cuh). Beyond the concept.
   void adamw_many(std::span<const kernels::AdamWTensor> tensors, AdamWStep s) {
@@ -400,37 +195,11 @@ class CudaBackend {
 
   // Σ x² in double. The host needs the value, so this synchronises the stream: the one
   // synchronisation the optimizer's step makes (per gradient, in check_gradients).
-  [[nodiscard]] double sum_squares(std::span<const float> x) {
-    if (x.empty()) return 0.0;
-    const auto n = static_cast<std::int64_t>(x.size());
-    const int parts = kernels::norm_parts(n);
-    detail::Carver measure;
-    (void)measure.take<double>(parts);
-    (void)measure.take<double>(1);
-    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    double* partial = carve.take<double>(parts);
-    double* total = carve.take<double>(1);
-    kernels::sum_squares_partial_kernel<float, kernels::kThreads>
-        <<<dim3(static_cast<unsigned>(parts), 1), kernels::kThreads, 0, context_->stream>>>(x.data(), n, partial);
-    cuda_check(cudaGetLastError());
-    kernels::finish_norms_kernel<kernels::kThreads>
-        <<<1, kernels::kThreads, 0, context_->stream>>>(partial, parts, total, nullptr, 0.0f, false);
-    cuda_check(cudaGetLastError());
-    double result = 0.0;
-    cuda_check(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, context_->stream));
-    cuda_check(cudaStreamSynchronize(context_->stream));
-    return result;
-  }
+  [[nodiscard]] double sum_squares(std::span<const float> x) { return detail::sum_squares(*context_, x); }
 
   // *flag ← 1 on the device if x holds a NaN or Inf, else leaves it; clear it first with
   // clear_flag. No host synchronisation: a guard that a captured graph can carry.
-  void flag_non_finite(std::span<const float> x, int* flag) {
-    if (x.empty()) return;
-    const auto n = static_cast<std::int64_t>(x.size());
-    kernels::flag_non_finite_kernel<float>
-        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), flag);
-    cuda_check(cudaGetLastError());
-  }
+  void flag_non_finite(std::span<const float> x, int* flag) { detail::flag_non_finite(*context_, x, flag); }
   void clear_flag(int* flag) { cuda_check(cudaMemsetAsync(flag, 0, sizeof(int), context_->stream)); }
 
   // Copies between device and host memory; both wait for the copy (the host buffer may go away).
@@ -441,8 +210,7 @@ class CudaBackend {
   }
   void from_host(std::span<const float> host, std::span<float> y) {
     if (host.empty()) return;
-    cuda_check(
-        cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
+    cuda_check(cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
     cuda_check(cudaStreamSynchronize(context_->stream));
   }
 
@@ -451,8 +219,7 @@ class CudaBackend {
   // the graph's memcpy node, and each replay copies what the host wrote before launching it.
   void upload(std::span<const float> host, std::span<float> y) {
     if (host.empty()) return;
-    cuda_check(
-        cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
+    cuda_check(cudaMemcpyAsync(y.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice, context_->stream));
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     cuda_check(cudaStreamIsCapturing(context_->stream, &status));
     if (status == cudaStreamCaptureStatusNone) cuda_check(cudaStreamSynchronize(context_->stream));
@@ -462,169 +229,15 @@ class CudaBackend {
   // the next backend operation, which may reuse it: work on the backend's stream only. Growing
   // it allocates, so call it before a graph capture with the largest size the capture needs.
   [[nodiscard]] void* scratch(std::size_t bytes) { return context_->scratch_of(bytes); }
+  // The arena's size, and the outgrown arenas kept because a graph captured while they were
+  // current may still use them (an arena no capture saw is freed as soon as it is outgrown).
+  [[nodiscard]] std::size_t scratch_bytes() const { return context_->scratch.bytes(); }
+  [[nodiscard]] std::size_t retired_scratch_count() const { return context_->scratch.retired_count(); }
+  // Frees those arenas, in stream order: call it once the graphs captured before the arena last
+  // grew are destroyed (or will not be launched again).
+  void release_retired_scratch() { context_->scratch.release_retired(context_->stream); }
 
  private:
-  // newton_schulz on at most ns_batch_limit matrices.
-  void newton_schulz_chunk(MatrixStack<float> x, const NsOptions& o) {
-    if (x.size() == 0) return;
-    context_->bind(options_.cublas_workspace_bytes);
-    const bool wide = x.rows <= x.cols;
-    const std::int64_t n = std::min(x.rows, x.cols), nn = n * n, xs = x.matrix_size(), batch = x.batch;
-    const int tiles = o.symmetric_products ? symmetric_tiles(n) : 1;
-    const int parts = kernels::norm_parts(xs);
-    detail::Carver measure;
-    (void)measure.take<double>(batch * parts);
-    (void)measure.take<float>(batch);
-    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(x.size());
-    for (int i = 0; i < 2; ++i) (void)measure.take<__nv_bfloat16>(batch * nn);
-    (void)measure.take<void*>(tile_pointer_count(batch, tiles));
-    detail::Carver carve(static_cast<char*>(context_->scratch_of(measure.bytes())));
-    double* partial = carve.take<double>(batch * parts);
-    float* inverse = carve.take<float>(batch);
-    __nv_bfloat16* cur = carve.take<__nv_bfloat16>(x.size());
-    __nv_bfloat16* nxt = carve.take<__nv_bfloat16>(x.size());
-    __nv_bfloat16* gram16 = carve.take<__nv_bfloat16>(batch * nn);
-    __nv_bfloat16* poly16 = carve.take<__nv_bfloat16>(batch * nn);
-    void** pointers = carve.take<void*>(tile_pointer_count(batch, tiles));
-
-    inverse_norms(x.as_const(), static_cast<float>(o.eps / o.schedule.norm_scale), o.eps_mode, partial, inverse);
-    scale_matrices(x.data, batch, xs, inverse, cur);
-    const GramSide side = wide ? GramSide::rows : GramSide::cols;
-    for (int k = 0; k < o.steps; ++k) {
-      const NsCoefficients t = detail::iteration_triple(o, k);
-      symmetric_product(cur, batch, x.rows, x.cols, side, 1.0f, 0.0f, gram16, tiles, pointers);
-      // B·X with B = b·A + c·A²; for a cubic step (c = 0) that is b·(A·X), with no B.
-      const __nv_bfloat16* poly = gram16;
-      auto alpha = static_cast<float>(t.b);
-      if (t.c != 0.0) {
-        copy(poly16, gram16, batch * nn);
-        symmetric_product(gram16, batch, n, n, GramSide::rows, static_cast<float>(t.c), static_cast<float>(t.b), poly16,
-                          tiles, pointers);
-        poly = poly16;
-        alpha = 1.0f;
-      }
-      copy(nxt, cur, x.size());
-      const auto a = static_cast<float>(t.a);
-      // Column-major, X is Y = Xᵀ (cols×rows, ld cols). Wide: (B·X)ᵀ = Y·B (B symmetric);
-      // tall: (X·B)ᵀ = B·Y. Either way the n×n factor has ld n and the result ld cols.
-      const __nv_bfloat16* left = wide ? cur : poly;
-      const __nv_bfloat16* right = wide ? poly : cur;
-      cuda_check(cublasGemmStridedBatchedEx(
-          context_->blas, CUBLAS_OP_N, CUBLAS_OP_N, blas_int(x.cols, "columns"), blas_int(x.rows, "rows"),
-          blas_int(n, "small side"), &alpha, left, CUDA_R_16BF, blas_int(wide ? x.cols : n, "lda"), wide ? xs : nn,
-          right, CUDA_R_16BF, blas_int(wide ? n : x.cols, "ldb"), wide ? nn : xs, &a, nxt, CUDA_R_16BF,
-          blas_int(x.cols, "ldc"), xs, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-      std::swap(cur, nxt);
-    }
-    const std::int64_t total = x.size();
-    kernels::convert_kernel<__nv_bfloat16, float>
-        <<<kernels::grid_for(total), kernels::kThreads, 0, context_->stream>>>(total, cur, x.data);
-    cuda_check(cudaGetLastError());
-  }
-
-  static int blas_int(std::int64_t v, const char* what) { return detail::blas_int(v, what); }
-  static cublasOperation_t op(Transpose t) { return t == Transpose::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
-  static unsigned grid_y(std::int64_t batch) {
-    if (batch > 65535) throw InvalidArgument("CudaBackend: stacks of more than 65535 matrices are not supported");
-    return static_cast<unsigned>(batch);
-  }
-
-  // The number of tiles per side for a bf16 Gram of size n: 4 or 2 when n splits into tiles that
-  // are multiples of 64 (aligned bf16 operands for the tensor cores) and at least
-  // symmetric_tile_min; 1 (one full GEMM) otherwise.
-  [[nodiscard]] int symmetric_tiles(std::int64_t n) const {
-    for (const int tiles : {4, 2})
-      if (n % (64 * tiles) == 0 && n / tiles >= options_.symmetric_tile_min) return tiles;
-    return 1;
-  }
-
-  void to_bf16(std::span<const float> x, __nv_bfloat16* out) {
-    const auto n = static_cast<std::int64_t>(x.size());
-    kernels::convert_kernel<float, __nv_bfloat16>
-        <<<kernels::grid_for(n), kernels::kThreads, 0, context_->stream>>>(n, x.data(), out);
-    cuda_check(cudaGetLastError());
-  }
-
-  template <class T>
-  void copy(T* to, const T* from, std::int64_t count) {
-    cuda_check(cudaMemcpyAsync(to, from, static_cast<std::size_t>(count) * sizeof(T), cudaMemcpyDeviceToDevice,
-                                    context_->stream));
-  }
-
-  // Writes 1/(‖X_k‖+ε) or 1/max(‖X_k‖, ε) to inverse[k]; partial holds batch·norm_parts doubles.
-  void inverse_norms(MatrixStack<const float> x, float eps, NormEps mode, double* partial, float* inverse) {
-    const int parts = kernels::norm_parts(x.matrix_size());
-    kernels::sum_squares_partial_kernel<float, kernels::kThreads>
-        <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, context_->stream>>>(
-            x.data, x.matrix_size(), partial);
-    cuda_check(cudaGetLastError());
-    kernels::finish_norms_kernel<kernels::kThreads>
-        <<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, context_->stream>>>(partial, parts, nullptr, inverse,
-                                                                                     eps, mode == NormEps::max);
-    cuda_check(cudaGetLastError());
-  }
-
-  template <class Y>
-  void scale_matrices(const float* x, std::int64_t batch, std::int64_t matrix_size, const float* factor, Y* y) {
-    kernels::scale_matrices_kernel<float, Y>
-        <<<dim3(kernels::grid_for(matrix_size), grid_y(batch)), kernels::kThreads, 0, context_->stream>>>(
-            x, matrix_size, factor, y);
-    cuda_check(cudaGetLastError());
-  }
-
-  // Pointer-array entries symmetric_product needs (A, B and C arrays) for `tiles` per side.
-  static std::int64_t tile_pointer_count(std::int64_t batch, int tiles) {
-    return tiles == 1 ? 0 : 3 * batch * tiles * (tiles + 1) / 2;
-  }
-
-  // C = α·X·Xᵀ + β·C (side rows) or α·Xᵀ·X + β·C (side cols) per matrix of a bf16 stack of
-  // rows×cols matrices, C (fp32 or bf16) symmetric n×n, fp32 accumulation. Row-major X is
-  // column-major Xᵀ (ld = cols), so X·Xᵀ is op T·N on it and Xᵀ·X is op N·T. With tiles > 1 only
-  // the tile pairs (P ≤ Q) of the column-major result are multiplied, the row-major lower
-  // triangle, then mirrored (`pointers`: tile_pointer_count entries); with β ≠ 0 that needs C
-  // symmetric, as the concept says. With one tile, a full GEMM: symmetric already.
-  template <class C>
-  void symmetric_product(const __nv_bfloat16* x, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                         GramSide side, float alpha, float beta, C* c, int tiles, void** pointers) {
-    const bool by_rows = side == GramSide::rows;
-    const std::int64_t n = by_rows ? rows : cols, inner = by_rows ? cols : rows;
-    const cublasOperation_t opa = by_rows ? CUBLAS_OP_T : CUBLAS_OP_N, opb = by_rows ? CUBLAS_OP_N : CUBLAS_OP_T;
-    const cudaDataType_t c_type = std::is_same_v<C, float> ? CUDA_R_32F : CUDA_R_16BF;
-    if (tiles == 1) {
-      cuda_check(cublasGemmStridedBatchedEx(
-          context_->blas, opa, opb, blas_int(n, "Gram size"), blas_int(n, "Gram size"), blas_int(inner, "inner size"),
-          &alpha, x, CUDA_R_16BF, blas_int(cols, "ldx"), rows * cols, x, CUDA_R_16BF, blas_int(cols, "ldx"),
-          rows * cols, &beta, c, c_type, blas_int(n, "ldc"), n * n, blas_int(batch, "batch"), CUBLAS_COMPUTE_32F,
-          CUBLAS_GEMM_DEFAULT));
-      return;
-    }
-    const std::int64_t t = n / tiles, pairs = std::int64_t{tiles} * (tiles + 1) / 2, entries = batch * pairs;
-    const auto a_ptrs = const_cast<const void**>(pointers);
-    const auto b_ptrs = const_cast<const void**>(pointers + entries);
-    void** c_ptrs = pointers + 2 * entries;
-    // Consecutive tiles of the operand: t columns of the column-major Xᵀ apart (t rows of X) for
-    // X·Xᵀ, t rows of it (t columns of X) for Xᵀ·X.
-    const std::int64_t tile_step = by_rows ? t * cols : t;
-    kernels::tile_pair_pointers_kernel<__nv_bfloat16, C>
-        <<<static_cast<unsigned>((entries + kernels::kThreads - 1) / kernels::kThreads), kernels::kThreads, 0,
-           context_->stream>>>(x, rows * cols, tile_step, c, n * n, n, t, static_cast<int>(pairs), entries, a_ptrs,
-                               b_ptrs, c_ptrs);
-    cuda_check(cudaGetLastError());
-    cuda_check(cublasGemmBatchedEx(
-        context_->blas, opa, opb, blas_int(t, "tile"), blas_int(t, "tile"), blas_int(inner, "inner size"), &alpha,
-        a_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), b_ptrs, CUDA_R_16BF, blas_int(cols, "ldx"), &beta, c_ptrs, c_type,
-        blas_int(n, "ldc"), blas_int(entries, "tile pairs"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    mirror_lower(c, n, batch);
-  }
-
-  template <class T>
-  void mirror_lower(T* c, std::int64_t n, std::int64_t batch) {
-    const auto tiles = static_cast<unsigned>((n + kernels::kMirrorTile - 1) / kernels::kMirrorTile);
-    kernels::mirror_lower_kernel<T>
-        <<<dim3(tiles, tiles, grid_y(batch)), dim3(kernels::kMirrorTile, 8), 0, context_->stream>>>(c, n);
-    cuda_check(cudaGetLastError());
-  }
-
   CudaOptions options_;
   std::shared_ptr<detail::Context> context_;
 };

@@ -23,21 +23,16 @@ namespace muon {
 // What Optimizer::check_gradients() returns, for the same table: the total Σx² over all
 // gradients and the first parameter (in table order) whose gradient holds NaN or Inf.
 [[nodiscard]] inline GradientCheck check_gradients_on_device(CudaBackend& gpu, std::span<const Parameter> params) {
-  std::vector<kernels::SumSquaresLaunch> launches;
-  std::int64_t partials = 0;  // blocks over all launches: the partial sums laid end to end
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    const Parameter& p = params[i];
+  std::vector<kernels::SumSquaresTensor> grads;
+  grads.reserve(params.size());
+  for (const Parameter& p : params) {
     check_gradient(p);
-    if (i % kernels::kMultiMaxTensors == 0) launches.push_back(kernels::SumSquaresLaunch{});
-    kernels::SumSquaresLaunch& l = launches.back();
-    const std::int64_t n = p.grad.size();
-    l.x[l.count] = p.grad.data;
-    l.n[l.count] = n;
-    l.first_block[l.count + 1] =
-        l.first_block[l.count] + (n + kernels::kSumSquaresChunk - 1) / kernels::kSumSquaresChunk;
-    ++l.count;
+    grads.push_back({p.grad.data, p.grad.size()});
   }
-  for (const auto& l : launches) partials += l.first_block[l.count];
+  const auto launches = kernels::multi_tensor_launches<kernels::SumSquaresLaunch>(
+      std::span<const kernels::SumSquaresTensor>(grads), kernels::kSumSquaresChunk);
+  std::int64_t partials = 0;  // blocks over all launches: the partial sums laid end to end
+  for (const auto& l : launches) partials += l.blocks();
   // Scratch: the partial sums, then one Σx² per parameter.
   const std::size_t partial_bytes = (static_cast<std::size_t>(partials) * sizeof(double) + 255) / 256 * 256;
   char* scratch = static_cast<char*>(gpu.scratch(partial_bytes + params.size() * sizeof(double)));
@@ -46,7 +41,7 @@ namespace muon {
   std::int64_t offset = 0;
   for (std::size_t g = 0; g < launches.size(); ++g) {
     const kernels::SumSquaresLaunch& l = launches[g];
-    const std::int64_t blocks = l.first_block[l.count];
+    const std::int64_t blocks = l.blocks();
     if (blocks > 0x7fffffff) throw InvalidArgument("check_gradients_on_device: a gradient larger than 2^45 elements");
     if (blocks > 0)
       kernels::multi_sum_squares_kernel<kernels::kThreads>

@@ -1,0 +1,145 @@
+// muon/backends/cuda/elementwise.hpp: the CUDA backend's operations that are not products:
+// axpby, update, momentum, normalize, sum_squares, flag_non_finite, and the conversions and copies
+// the products use. Each enqueues kernels (kernels/elementwise.cuh, kernels/norms.cuh) on the
+// context's stream; only sum_squares synchronises the host (it returns the value). Internal
+// (namespace detail): CudaBackend's members of the same names forward here.
+//
+//   detail::axpby(ctx, 1.0f, x, 0.0f, y);  // y ← x
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "kernels/elementwise.cuh"
+#include "kernels/norms.cuh"
+#include "muon/backend.hpp"
+#include "muon/backends/cuda/context.hpp"
+#include "muon/cuda_check.hpp"
+#include "muon/error.hpp"
+
+namespace muon::detail {
+
+// Matrices of a stack per launch: the per-matrix kernels put the matrix index in gridDim.y or z.
+inline unsigned grid_y(std::int64_t batch) {
+  if (batch > 65535) throw InvalidArgument("CudaBackend: stacks of more than 65535 matrices are not supported");
+  return static_cast<unsigned>(batch);
+}
+
+// fp32 → bf16, rounding to nearest even.
+inline void to_bf16(Context& ctx, std::span<const float> x, __nv_bfloat16* out) {
+  const auto n = static_cast<std::int64_t>(x.size());
+  kernels::convert_kernel<float, __nv_bfloat16>
+      <<<kernels::grid_for(n), kernels::kThreads, 0, ctx.stream>>>(n, x.data(), out);
+  cuda_check(cudaGetLastError());
+}
+
+// Device-to-device copy of `count` elements, in stream order.
+template <class T>
+void copy(Context& ctx, T* to, const T* from, std::int64_t count) {
+  cuda_check(
+      cudaMemcpyAsync(to, from, static_cast<std::size_t>(count) * sizeof(T), cudaMemcpyDeviceToDevice, ctx.stream));
+}
+
+inline void axpby(Context& ctx, float alpha, std::span<const float> x, float beta, std::span<float> y) {
+  if (y.empty()) return;
+  const auto n = static_cast<std::int64_t>(y.size());
+  kernels::axpby_kernel<float>
+      <<<kernels::grid_for(n), kernels::kThreads, 0, ctx.stream>>>(n, alpha, x.data(), beta, y.data());
+  cuda_check(cudaGetLastError());
+}
+
+// Muon's decay and apply, W ← decay·W − (lr·scale)·O, with lr and decay read from the step block
+// on the device; O fp32 or bf16.
+template <class X>
+void update(Context& ctx, std::span<float> w, const X* o, UpdateStep s) {
+  if (w.empty()) return;
+  const auto n = static_cast<std::int64_t>(w.size());
+  kernels::update_kernel<X>
+      <<<kernels::grid_for(n), kernels::kThreads, 0, ctx.stream>>>(n, s.scale, s.values, o, w.data());
+  cuda_check(cudaGetLastError());
+}
+
+inline void momentum(Context& ctx, std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
+  if (m.empty()) return;
+  const auto n = static_cast<std::int64_t>(m.size());
+  const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;  // weight of G in the buffer
+  kernels::momentum_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, ctx.stream>>>(
+      n, m.data(), g.data(), s.mu, gain, s.values, s.nesterov, u.data());
+  cuda_check(cudaGetLastError());
+}
+
+// Writes 1/(‖X_k‖+ε) or 1/max(‖X_k‖, ε) to inverse[k]; partial holds batch·norm_parts doubles.
+inline void inverse_norms(Context& ctx, MatrixStack<const float> x, float eps, NormEps mode, double* partial,
+                          float* inverse) {
+  const int parts = kernels::norm_parts(x.matrix_size());
+  kernels::sum_squares_partial_kernel<float, kernels::kThreads>
+      <<<dim3(static_cast<unsigned>(parts), grid_y(x.batch)), kernels::kThreads, 0, ctx.stream>>>(
+          x.data, x.matrix_size(), partial);
+  cuda_check(cudaGetLastError());
+  kernels::finish_norms_kernel<kernels::kThreads><<<static_cast<unsigned>(x.batch), kernels::kThreads, 0, ctx.stream>>>(
+      partial, parts, nullptr, inverse, eps, mode == NormEps::max);
+  cuda_check(cudaGetLastError());
+}
+
+template <class Y>
+void scale_matrices(Context& ctx, const float* x, std::int64_t batch, std::int64_t matrix_size, const float* factor,
+                    Y* y) {
+  kernels::scale_matrices_kernel<float, Y>
+      <<<dim3(kernels::grid_for(matrix_size), grid_y(batch)), kernels::kThreads, 0, ctx.stream>>>(x, matrix_size,
+                                                                                                  factor, y);
+  cuda_check(cudaGetLastError());
+}
+
+// Per matrix, on the device: ‖X‖_F (kernels/norms.cuh), then X ← X·(1/(‖X‖+ε)) or
+// X·(1/max(‖X‖, ε)); the factors stay on the device and feed the scaling kernel directly.
+inline void normalize(Context& ctx, MatrixStack<float> x, float eps, NormEps mode) {
+  if (x.size() == 0) return;
+  const int parts = kernels::norm_parts(x.matrix_size());
+  Carver measure;
+  (void)measure.take<double>(x.batch * parts);
+  (void)measure.take<float>(x.batch);
+  Carver carve(static_cast<char*>(ctx.scratch_of(measure.bytes())));
+  double* partial = carve.take<double>(x.batch * parts);
+  float* inverse = carve.take<float>(x.batch);
+  inverse_norms(ctx, x.as_const(), eps, mode, partial, inverse);
+  scale_matrices(ctx, x.data, x.batch, x.matrix_size(), inverse, x.data);
+}
+
+// Σ x² in double. The host needs the value, so this synchronises the stream: the one
+// synchronisation the optimizer's step makes (per gradient, in check_gradients).
+[[nodiscard]] inline double sum_squares(Context& ctx, std::span<const float> x) {
+  if (x.empty()) return 0.0;
+  const auto n = static_cast<std::int64_t>(x.size());
+  const int parts = kernels::norm_parts(n);
+  Carver measure;
+  (void)measure.take<double>(parts);
+  (void)measure.take<double>(1);
+  Carver carve(static_cast<char*>(ctx.scratch_of(measure.bytes())));
+  double* partial = carve.take<double>(parts);
+  double* total = carve.take<double>(1);
+  kernels::sum_squares_partial_kernel<float, kernels::kThreads>
+      <<<dim3(static_cast<unsigned>(parts), 1), kernels::kThreads, 0, ctx.stream>>>(x.data(), n, partial);
+  cuda_check(cudaGetLastError());
+  kernels::finish_norms_kernel<kernels::kThreads>
+      <<<1, kernels::kThreads, 0, ctx.stream>>>(partial, parts, total, nullptr, 0.0f, false);
+  cuda_check(cudaGetLastError());
+  double result = 0.0;
+  cuda_check(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+  cuda_check(cudaStreamSynchronize(ctx.stream));
+  return result;
+}
+
+// *flag ← 1 on the device if x holds a NaN or Inf, else leaves it; clear it first with
+// clear_flag. No host synchronisation: a guard that a captured graph can carry.
+inline void flag_non_finite(Context& ctx, std::span<const float> x, int* flag) {
+  if (x.empty()) return;
+  const auto n = static_cast<std::int64_t>(x.size());
+  kernels::flag_non_finite_kernel<float><<<kernels::grid_for(n), kernels::kThreads, 0, ctx.stream>>>(n, x.data(), flag);
+  cuda_check(cudaGetLastError());
+}
+
+}  // namespace muon::detail
