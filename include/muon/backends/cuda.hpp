@@ -45,6 +45,7 @@
 #include <memory>
 #include <span>
 #include <utility>
+#include <vector>
 
 #include "kernels/adamw.cuh"
 #include "muon/backend.hpp"
@@ -196,6 +197,10 @@ class CudaBackend {
   // Σ x² in double. The host needs the value, so this synchronises the stream: the one
   // synchronisation the optimizer's step makes (per gradient, in check_gradients).
   [[nodiscard]] double sum_squares(std::span<const float> x) { return detail::sum_squares(*context_, x); }
+  // Σ x² of each span, with one synchronisation for all (gradient checks: cuda_gradients.hpp, zero1.hpp).
+  [[nodiscard]] std::vector<double> sum_squares_each(std::span<const std::span<const float>> xs) {
+    return detail::sum_squares_each(*context_, xs);
+  }
 
   // *flag ← 1 on the device if x holds a NaN or Inf, else leaves it; clear it first with
   // clear_flag. No host synchronisation: a guard that a captured graph can carry.

@@ -414,14 +414,25 @@ class ZeroOptimizer {
   GradientCheck check_owned_gradients() {
     double sum_squares[] = {0.0};
     std::int64_t first_bad[] = {static_cast<std::int64_t>(params_.size())};
+    std::vector<std::span<const float>> owned;
+    std::vector<std::size_t> owned_params;
     for (std::size_t b = 0; b < owned_pieces_.size(); ++b)
       for (const std::size_t k : owned_pieces_[b]) {
         const Piece& piece = plan_.pieces[k];
-        const double ss = backend_.sum_squares(
-            shard(b).subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
-        if (std::isfinite(ss)) sum_squares[0] += ss;
-        else first_bad[0] = std::min(first_bad[0], static_cast<std::int64_t>(piece.param));
+        owned.push_back(shard(b).subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
+        owned_params.push_back(piece.param);
       }
+    // A device backend sums every piece with one host synchronisation; else one call per piece.
+    std::vector<double> sums;
+    if constexpr (requires { backend_.sum_squares_each(std::span<const std::span<const float>>(owned)); }) {
+      sums = backend_.sum_squares_each(owned);
+    } else {
+      for (const std::span<const float> x : owned) sums.push_back(backend_.sum_squares(x));
+    }
+    for (std::size_t i = 0; i < sums.size(); ++i) {
+      if (std::isfinite(sums[i])) sum_squares[0] += sums[i];
+      else first_bad[0] = std::min(first_bad[0], static_cast<std::int64_t>(owned_params[i]));
+    }
     comm_.all_reduce(std::span<double>(sum_squares), ReduceOp::sum);
     comm_.all_reduce(std::span<std::int64_t>(first_bad), ReduceOp::min);
     GradientCheck check{sum_squares[0], {}};

@@ -1,7 +1,8 @@
 // muon/backends/cuda/elementwise.hpp: the CUDA backend's operations that are not products:
-// axpby, update, momentum, normalize, sum_squares, flag_non_finite, and the conversions and copies
-// the products use. Each enqueues kernels (kernels/elementwise.cuh, kernels/norms.cuh) on the
-// context's stream; only sum_squares synchronises the host (it returns the value). Internal
+// axpby, update, momentum, normalize, sum_squares, sum_squares_each, flag_non_finite, and the
+// conversions and copies the products use. Each enqueues kernels (kernels/elementwise.cuh,
+// kernels/norms.cuh) on the context's stream; only the two sums synchronise the host (they return
+// values). Internal
 // (namespace detail): CudaBackend's members of the same names forward here.
 //
 //   detail::axpby(ctx, 1.0f, x, 0.0f, y);  // y ← x
@@ -13,10 +14,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "kernels/elementwise.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/norms.cuh"
 #include "muon/backend.hpp"
+#include "muon/backends/cuda/arena.hpp"
 #include "muon/backends/cuda/context.hpp"
 #include "muon/cuda_check.hpp"
 #include "muon/error.hpp"
@@ -107,6 +111,46 @@ inline void normalize(Context& ctx, MatrixStack<float> x, float eps, NormEps mod
   float* inverse = carve.take<float>(x.batch);
   inverse_norms(ctx, x.as_const(), eps, mode, partial, inverse);
   scale_matrices(ctx, x.data, x.batch, x.matrix_size(), inverse, x.data);
+}
+
+// Σ x² in double of each span, with one host synchronisation for all of them: multi-tensor
+// kernels (kernels/norms.cuh) write the partial sums and then one sum per span, copied back at
+// once. Gradient checks use it (cuda_gradients.hpp; ZeRO-1's owned pieces, zero1.hpp).
+[[nodiscard]] inline std::vector<double> sum_squares_each(Context& ctx, std::span<const std::span<const float>> xs) {
+  std::vector<kernels::SumSquaresTensor> tensors;
+  tensors.reserve(xs.size());
+  for (const std::span<const float> x : xs) tensors.push_back({x.data(), static_cast<std::int64_t>(x.size())});
+  const auto launches = kernels::multi_tensor_launches<kernels::SumSquaresLaunch>(
+      std::span<const kernels::SumSquaresTensor>(tensors), kernels::kSumSquaresChunk);
+  std::int64_t partials = 0;  // blocks over all launches: the partial sums laid end to end
+  for (const auto& l : launches) partials += l.blocks();
+  Carver measure;
+  (void)measure.take<double>(partials);
+  (void)measure.take<double>(static_cast<std::int64_t>(xs.size()));
+  Carver carve(static_cast<char*>(ctx.scratch_of(measure.bytes())));
+  double* partial = carve.take<double>(partials);
+  double* sums = carve.take<double>(static_cast<std::int64_t>(xs.size()));
+  std::int64_t offset = 0;
+  for (std::size_t g = 0; g < launches.size(); ++g) {
+    const kernels::SumSquaresLaunch& l = launches[g];
+    const std::int64_t blocks = l.blocks();
+    if (blocks > 0x7fffffff) throw InvalidArgument("sum_squares_each: a span larger than 2^45 elements");
+    if (blocks > 0)
+      kernels::multi_sum_squares_kernel<kernels::kThreads>
+          <<<static_cast<unsigned>(blocks), kernels::kThreads, 0, ctx.stream>>>(l, partial + offset);
+    cuda_check(cudaGetLastError());
+    kernels::finish_multi_sum_squares_kernel<kernels::kThreads>
+        <<<static_cast<unsigned>(l.count), kernels::kThreads, 0, ctx.stream>>>(l, partial + offset,
+                                                                              sums + g * kernels::kMultiMaxTensors);
+    cuda_check(cudaGetLastError());
+    offset += blocks;
+  }
+  std::vector<double> host(xs.size());
+  if (!host.empty()) {
+    cuda_check(cudaMemcpyAsync(host.data(), sums, host.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+    cuda_check(cudaStreamSynchronize(ctx.stream));
+  }
+  return host;
 }
 
 // Σ x² in double. The host needs the value, so this synchronises the stream: the one
