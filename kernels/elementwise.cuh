@@ -45,4 +45,26 @@ __global__ void convert_kernel(std::int64_t n, const From* __restrict__ x, To* _
   for (std::int64_t i = global_thread(); i < n; i += grid_stride()) y[i] = To(to_float(x[i]));
 }
 
+// Many copies in one launch (ZeRO-1's pack and unpack, muon/distributed/zero1.hpp): every block
+// copies one chunk of one (from, to) pair; the table (about 2 KiB) travels in the parameters.
+inline constexpr int kMultiCopyMaxTensors = 64;
+inline constexpr std::int64_t kCopyChunk = 16 * kThreads;
+
+struct CopyTensor {
+  const float* from;
+  float* to;
+  std::int64_t n;
+};
+using CopyLaunch = MultiTensorLaunch<CopyTensor, kMultiCopyMaxTensors>;
+
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock) multi_copy_kernel(CopyLaunch launch) {
+  const std::int64_t block = blockIdx.x;
+  const int k = launch.tensor_of(block);
+  const CopyTensor& t = launch.tensors[k];
+  const std::int64_t begin = (block - launch.first_block[k]) * kCopyChunk;
+  const std::int64_t end = begin + kCopyChunk < t.n ? begin + kCopyChunk : t.n;
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += kBlock) t.to[i] = t.from[i];
+}
+
 }  // namespace muon::kernels

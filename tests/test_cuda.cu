@@ -444,6 +444,33 @@ TEST_CASE("the finite flag and sum_squares see NaN and Inf") {
   cudaFree(flag);
 }
 
+TEST_CASE("copy_each copies many pairs per launch, and sum_squares_each sums many spans with one synchronisation") {
+  CudaBackend gpu;
+  // 70 pairs (two launches of at most 64), sizes across chunk boundaries, one of them empty.
+  std::vector<Device> from, to;
+  std::vector<std::vector<float>> values;
+  std::vector<std::pair<std::span<const float>, std::span<float>>> pairs;
+  std::vector<std::span<const float>> spans;
+  for (int k = 0; k < 70; ++k) {
+    const std::int64_t n = k == 3 ? 0 : 1 + (k * 1237) % 9000;
+    values.push_back(random_values(n, 100 + k));
+    from.emplace_back(gpu, values.back());
+    to.emplace_back(gpu, std::vector<float>(static_cast<std::size_t>(n), kNaN));
+  }
+  for (int k = 0; k < 70; ++k) {
+    pairs.emplace_back(from[k].span(), to[k].span());
+    spans.emplace_back(from[k].span());
+  }
+  gpu.copy_each(pairs);
+  const std::vector<double> sums = gpu.sum_squares_each(spans);
+  for (int k = 0; k < 70; ++k) {
+    CHECK(download(gpu, to[k].span()) == values[k]);
+    CHECK(sums[k] == doctest::Approx(gpu.sum_squares(from[k].span())).epsilon(1e-12));  // both sum in double
+  }
+  const std::pair<std::span<const float>, std::span<float>> mismatched[] = {{from[0].span(), to[1].span()}};
+  CHECK_THROWS_AS(gpu.copy_each(mismatched), muon::ShapeMismatch);
+}
+
 TEST_CASE("update: a bf16 update decays and moves fp32 parameters") {
   CudaBackend gpu;
   const auto w = random_values(5000, 13), u = random_values(5000, 14);

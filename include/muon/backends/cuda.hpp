@@ -197,6 +197,10 @@ class CudaBackend {
   // Σ x² in double. The host needs the value, so this synchronises the stream: the one
   // synchronisation the optimizer's step makes (per gradient, in check_gradients).
   [[nodiscard]] double sum_squares(std::span<const float> x) { return detail::sum_squares(*context_, x); }
+  // Copies each (from, to) pair, many per launch (ZeRO-1's pack and unpack: zero1.hpp).
+  void copy_each(std::span<const std::pair<std::span<const float>, std::span<float>>> pairs) {
+    detail::copy_each(*context_, pairs);
+  }
   // Σ x² of each span, with one synchronisation for all (gradient checks: cuda_gradients.hpp, zero1.hpp).
   [[nodiscard]] std::vector<double> sum_squares_each(std::span<const std::span<const float>> xs) {
     return detail::sum_squares_each(*context_, xs);

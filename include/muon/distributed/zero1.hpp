@@ -387,26 +387,41 @@ class ZeroOptimizer {
     return t.span().subspan(static_cast<std::size_t>(piece.offset), static_cast<std::size_t>(piece.size));
   }
 
-  void pack_gradients() {
-    for (std::size_t b = 0; b < plan_.buckets.size(); ++b)
-      for (const std::size_t k : plan_.buckets[b].pieces) {
-        const Piece& piece = plan_.pieces[k];
-        backend_.axpby(1.0f, range(params_[piece.param].grad, piece), 0.0f, slot(b, piece));
-      }
-  }
-  void pack_owned_values(std::size_t b) {
-    for (const std::size_t k : owned_pieces_[b]) {
-      const Piece& piece = plan_.pieces[k];
-      backend_.axpby(1.0f, range(params_[piece.param].value, piece), 0.0f, slot(b, piece));
+  using Copies = std::vector<std::pair<std::span<const float>, std::span<float>>>;
+
+  // A device backend copies many pieces per launch; else one call per piece.
+  void copy_all(const Copies& copies) {
+    if constexpr (requires { backend_.copy_each(std::span<const typename Copies::value_type>(copies)); }) {
+      backend_.copy_each(copies);
+    } else {
+      for (const auto& copy : copies) backend_.axpby(1.0f, copy.first, 0.0f, copy.second);
     }
   }
-  void unpack_values() {
+  void pack_gradients() {
+    Copies copies;
     for (std::size_t b = 0; b < plan_.buckets.size(); ++b)
       for (const std::size_t k : plan_.buckets[b].pieces) {
         const Piece& piece = plan_.pieces[k];
-        if (piece.owner != comm_.rank())
-          backend_.axpby(1.0f, std::span<const float>(slot(b, piece)), 0.0f, range(params_[piece.param].value, piece));
+        copies.emplace_back(range(params_[piece.param].grad, piece), slot(b, piece));
       }
+    copy_all(copies);
+  }
+  void pack_owned_values(std::size_t b) {
+    Copies copies;
+    for (const std::size_t k : owned_pieces_[b]) {
+      const Piece& piece = plan_.pieces[k];
+      copies.emplace_back(range(params_[piece.param].value, piece), slot(b, piece));
+    }
+    copy_all(copies);
+  }
+  void unpack_values() {
+    Copies copies;
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b)
+      for (const std::size_t k : plan_.buckets[b].pieces) {
+        const Piece& piece = plan_.pieces[k];
+        if (piece.owner != comm_.rank()) copies.emplace_back(slot(b, piece), range(params_[piece.param].value, piece));
+      }
+    copy_all(copies);
   }
 
   // The global squared norm (each element counted once, by its owner) and the first parameter,

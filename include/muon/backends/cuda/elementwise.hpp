@@ -1,5 +1,5 @@
 // muon/backends/cuda/elementwise.hpp: the CUDA backend's operations that are not products:
-// axpby, update, momentum, normalize, sum_squares, sum_squares_each, flag_non_finite, and the
+// axpby, update, momentum, normalize, copy_each, sum_squares, sum_squares_each, flag_non_finite, and the
 // conversions and copies the products use. Each enqueues kernels (kernels/elementwise.cuh,
 // kernels/norms.cuh) on the context's stream; only the two sums synchronise the host (they return
 // values). Internal
@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/elementwise.cuh"
@@ -111,6 +113,26 @@ inline void normalize(Context& ctx, MatrixStack<float> x, float eps, NormEps mod
   float* inverse = carve.take<float>(x.batch);
   inverse_norms(ctx, x.as_const(), eps, mode, partial, inverse);
   scale_matrices(ctx, x.data, x.batch, x.matrix_size(), inverse, x.data);
+}
+
+// Copies each (from, to) pair of equal sizes, all in one multi-tensor launch per 64 pairs.
+inline void copy_each(Context& ctx, std::span<const std::pair<std::span<const float>, std::span<float>>> pairs) {
+  std::vector<kernels::CopyTensor> tensors;
+  tensors.reserve(pairs.size());
+  for (const auto& pair : pairs) {
+    if (pair.first.size() != pair.second.size())
+      throw ShapeMismatch("copy_each: a copy of " + std::to_string(pair.first.size()) + " floats into " +
+                          std::to_string(pair.second.size()));
+    tensors.push_back({pair.first.data(), pair.second.data(), static_cast<std::int64_t>(pair.first.size())});
+  }
+  for (const kernels::CopyLaunch& l :
+       kernels::multi_tensor_launches<kernels::CopyLaunch>(std::span<const kernels::CopyTensor>(tensors), kernels::kCopyChunk)) {
+    const std::int64_t blocks = l.blocks();
+    if (blocks > 0x7fffffff) throw InvalidArgument("copy_each: a copy larger than 2^43 elements");
+    if (blocks == 0) continue;
+    kernels::multi_copy_kernel<kernels::kThreads><<<static_cast<unsigned>(blocks), kernels::kThreads, 0, ctx.stream>>>(l);
+    cuda_check(cudaGetLastError());
+  }
 }
 
 // Σ x² in double of each span, with one host synchronisation for all of them: multi-tensor
