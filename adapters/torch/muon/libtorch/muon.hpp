@@ -53,9 +53,11 @@
 #endif
 
 // 1 where the CUDA backend can run CUDA tensors: it needs nvcc (its kernels), muon::cuda and a
-// CUDA build of LibTorch (its current stream and cuBLAS handle). Define it to 0 to opt out.
+// CUDA build of LibTorch (its current stream and cuBLAS handle; the generated header tested here
+// exists only in CUDA builds: Debian's CPU-only libtorch ships ATen/cuda/*.h without it). Define
+// it to 0 to opt out.
 #if !defined(MUON_LIBTORCH_CUDA)
-#if defined(MUON_HAS_CUDA) && defined(__CUDACC__) && __has_include(<ATen/cuda/CUDAContext.h>)
+#if defined(MUON_HAS_CUDA) && defined(__CUDACC__) && __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
 #define MUON_LIBTORCH_CUDA 1
 #else
 #define MUON_LIBTORCH_CUDA 0
