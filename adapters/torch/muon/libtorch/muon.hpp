@@ -166,7 +166,22 @@ struct StepScope {
 #include "muon/libtorch/cuda.hpp"  // internal::StepScope<CudaBackend>, internal::cuda_backend_for
 #endif
 
+// Muon's layout depends on the backends compiled in, which may differ between a .cpp and a .cu
+// of one program: each configuration gets its own inline namespace, so the two are two classes
+// (as EigenBackend's MUON_CPU_CONFIG) rather than one class defined twice.
+#if defined(MUON_HAS_EIGEN) && MUON_LIBTORCH_CUDA
+#define MUON_LIBTORCH_CONFIG engines_eigen_cuda_torch
+#elif defined(MUON_HAS_EIGEN)
+#define MUON_LIBTORCH_CONFIG engines_eigen_torch
+#elif MUON_LIBTORCH_CUDA
+#define MUON_LIBTORCH_CONFIG engines_cuda_torch
+#else
+#define MUON_LIBTORCH_CONFIG engines_torch
+#endif
+
 namespace muon::libtorch {
+
+inline namespace MUON_LIBTORCH_CONFIG {
 
 // The optimizer: one StepDriver (the step counter, the guard, clipping and the schedule, from
 // the constructor's defaults) over one Stepper per parameter group; group i reads entry i of the
@@ -546,6 +561,8 @@ class Muon : public torch::optim::Optimizer {
   EngineOptions requested_;
   RunState run_;
 };
+
+}  // namespace MUON_LIBTORCH_CONFIG
 
 // Moonlight's routing for a module: parameters of 2 or more dimensions whose names match none of
 // `adamw_name_patterns` go to a "muon" group; embeddings, the LM head (by name) and every 1-D
