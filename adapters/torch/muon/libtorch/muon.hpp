@@ -10,8 +10,9 @@
 //
 // Which backend runs the steps (Engine::automatic, chosen at the first step from all groups'
 // parameters; Muon::engine() says which), always over the tensors' own memory (no copy):
-//   - every parameter a CPU tensor: muon::EigenBackend (the core's CPU backend), bit for bit what
-//     muon::Optimizer<EigenBackend> does on the same table with the same ns_precision;
+//   - every parameter a CPU tensor, where muon::eigen is linked and the file is not compiled by
+//     nvcc (MUON_LIBTORCH_EIGEN, below): muon::EigenBackend (the core's CPU backend), bit for bit
+//     what muon::Optimizer<EigenBackend> does on the same table with the same ns_precision;
 //   - every parameter a CUDA tensor of one device, in a translation unit compiled by nvcc with
 //     muon::cuda linked and a CUDA build of LibTorch (MUON_LIBTORCH_CUDA, below): muon::CudaBackend
 //     on PyTorch's current stream and cuBLAS handle, the handle's math mode pinned to
@@ -48,7 +49,16 @@
 
 #include "muon/libtorch/backend.hpp"
 
-#ifdef MUON_HAS_EIGEN
+// 1 where CPU tensors run on the Eigen backend: built in (muon::eigen), and not under nvcc, which
+// does not compile the backend's vector loops (a .cu file's CPU tensors take TorchBackend).
+#if !defined(MUON_LIBTORCH_EIGEN)
+#if defined(MUON_HAS_EIGEN) && !defined(__CUDACC__)
+#define MUON_LIBTORCH_EIGEN 1
+#else
+#define MUON_LIBTORCH_EIGEN 0
+#endif
+#endif
+#if MUON_LIBTORCH_EIGEN
 #include <muon/backends/eigen.hpp>
 #endif
 
@@ -169,9 +179,9 @@ struct StepScope {
 // Muon's layout depends on the backends compiled in, which may differ between a .cpp and a .cu
 // of one program: each configuration gets its own inline namespace, so the two are two classes
 // (as EigenBackend's MUON_CPU_CONFIG) rather than one class defined twice.
-#if defined(MUON_HAS_EIGEN) && MUON_LIBTORCH_CUDA
+#if MUON_LIBTORCH_EIGEN && MUON_LIBTORCH_CUDA
 #define MUON_LIBTORCH_CONFIG engines_eigen_cuda_torch
-#elif defined(MUON_HAS_EIGEN)
+#elif MUON_LIBTORCH_EIGEN
 #define MUON_LIBTORCH_CONFIG engines_eigen_torch
 #elif MUON_LIBTORCH_CUDA
 #define MUON_LIBTORCH_CONFIG engines_cuda_torch
@@ -191,8 +201,9 @@ class Muon : public torch::optim::Optimizer {
   explicit Muon(std::vector<torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {},
                 EngineOptions engine = {})
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))), requested_(engine) {
-#ifndef MUON_HAS_EIGEN
-    if (engine.engine == Engine::eigen) throw muon::InvalidArgument("Engine::eigen: this build has no Eigen backend");
+#if !MUON_LIBTORCH_EIGEN
+    if (engine.engine == Engine::eigen) throw muon::InvalidArgument("Engine::eigen: the Eigen backend is not compiled in here (muon::eigen not linked, or "
+                                  "a .cu file)");
 #endif
 #if !MUON_LIBTORCH_CUDA
     if (engine.engine == Engine::cuda)
@@ -304,7 +315,7 @@ class Muon : public torch::optim::Optimizer {
  private:
   static constexpr const char* kFormat = "muon.torch.v2";
   using RunState = std::variant<std::monostate,
-#ifdef MUON_HAS_EIGEN
+#if MUON_LIBTORCH_EIGEN
                                 internal::Run<muon::EigenBackend>,
 #endif
 #if MUON_LIBTORCH_CUDA
@@ -321,7 +332,7 @@ class Muon : public torch::optim::Optimizer {
 
   template <Backend B>
   static Engine engine_of_backend() {
-#ifdef MUON_HAS_EIGEN
+#if MUON_LIBTORCH_EIGEN
     if constexpr (std::is_same_v<B, muon::EigenBackend>) return Engine::eigen;
 #endif
 #if MUON_LIBTORCH_CUDA
@@ -454,7 +465,7 @@ class Muon : public torch::optim::Optimizer {
       case Engine::torch: return Engine::torch;
       case Engine::automatic: break;
     }
-#ifdef MUON_HAS_EIGEN
+#if MUON_LIBTORCH_EIGEN
     if (all_cpu) return Engine::eigen;
 #endif
 #if MUON_LIBTORCH_CUDA
@@ -471,7 +482,7 @@ class Muon : public torch::optim::Optimizer {
     const Engine engine = choose_engine();
     const torch::Device device = first_device();
     switch (engine) {
-#ifdef MUON_HAS_EIGEN
+#if MUON_LIBTORCH_EIGEN
       case Engine::eigen:
         run_.emplace<internal::Run<muon::EigenBackend>>(muon::EigenBackend({.ns_precision = requested_.ns_precision}),
                                                         device);
