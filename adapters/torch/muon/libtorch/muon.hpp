@@ -202,8 +202,9 @@ class Muon : public torch::optim::Optimizer {
                 EngineOptions engine = {})
       : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))), requested_(engine) {
 #if !MUON_LIBTORCH_EIGEN
-    if (engine.engine == Engine::eigen) throw muon::InvalidArgument("Engine::eigen: the Eigen backend is not compiled in here (muon::eigen not linked, or "
-                                  "a .cu file)");
+    if (engine.engine == Engine::eigen)
+      throw muon::InvalidArgument(
+          "Engine::eigen: the Eigen backend is not compiled in here (muon::eigen not linked, or a .cu file)");
 #endif
 #if !MUON_LIBTORCH_CUDA
     if (engine.engine == Engine::cuda)
