@@ -1,7 +1,10 @@
 // The LibTorch adapter's overhead: one optimizer step over the same Moonlight-shaped table
 // (moonlight_table.hpp) through muon::libtorch::Muon (on CPU float32 tensors it runs the Eigen
 // backend; forced onto its LibTorch-ops fallback, TorchBackend, in the third case) and through
-// the core's Eigen backend, in the same run.
+// the core's Eigen backend, in the same run. The first benchmark of a process runs slowly for its
+// first seconds, whichever it is (docs/performance.md): compare them with
+//   bench_torch --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+//               --benchmark_enable_random_interleaving=true
 #include <benchmark/benchmark.h>
 
 #include <muon/backends/eigen.hpp>
