@@ -3,8 +3,8 @@
 // backend; forced onto its LibTorch-ops fallback, TorchBackend, in the third case) and through
 // the core's Eigen backend, in the same run. The first benchmark of a process runs slowly for its
 // first seconds, whichever it is (docs/performance.md): compare them with
-//   bench_torch --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-//               --benchmark_enable_random_interleaving=true
+//   bench_torch --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//               --benchmark_enable_random_interleaving=true   (one line)
 #include <benchmark/benchmark.h>
 
 #include <muon/backends/eigen.hpp>
