@@ -46,7 +46,10 @@ std::filesystem::path temp_path(const std::string& name) {
 
 }  // namespace
 
-DOCTEST_TEST_CASE("the adapter equals the core's Eigen backend on the same data") {
+// Three steps of the adapter (`engine`) and of the core's Optimizer<EigenBackend> (`backend`) on
+// the same table and gradients; calls compare(adapter's tensor, core's values) per parameter.
+template <class Compare>
+void run_against_core(muon::libtorch::EngineOptions engine, muon::EigenBackend backend, Compare compare) {
   Net net(1);
   std::vector<float> w0(24 * 16), w1(3 * 12 * 16), b(16), g0(w0.size()), g1(w1.size()), gb(b.size());
   const auto copy_in = [](const ::torch::Tensor& t, std::vector<float>& v) {
@@ -56,13 +59,11 @@ DOCTEST_TEST_CASE("the adapter equals the core's Eigen backend on the same data"
   copy_in(net.params[1], w1);
   copy_in(net.params[2], b);
   const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
-  muon::libtorch::Muon adapter(net.groups(options));
+  muon::libtorch::Muon adapter(net.groups(options), {}, engine);
   muon::Optimizer<muon::EigenBackend> core({{"w", muon::Role::matrix, {w0.data(), {24, 16}}, {g0.data(), {24, 16}}},
                                             {"e", muon::Role::matrix, {w1.data(), {3, 12, 16}}, {g1.data(), {3, 12, 16}}},
                                             {"b", muon::Role::bias, {b.data(), {16}}, {gb.data(), {16}}}},
-                                           options.core(),
-                                           // fp32, as the adapter's LibTorch products
-                                           muon::EigenBackend({.ns_precision = muon::NsPrecision::fp32}));
+                                           options.core(), std::move(backend));
   for (int step = 0; step < 3; ++step) {
     net.set_gradients(100 + step);
     copy_in(net.params[0].grad(), g0);
@@ -71,14 +72,34 @@ DOCTEST_TEST_CASE("the adapter equals the core's Eigen backend on the same data"
     adapter.step();
     (void)core.step();
   }
-  // Same rules, other products (torch's GEMMs against OpenBLAS's SYRK): fp32 rounding only,
+  DOCTEST_CHECK(adapter.engine() ==
+                (engine.engine == muon::libtorch::Engine::automatic ? muon::libtorch::Engine::eigen : engine.engine));
+  for (auto [t, v] : {std::pair{&net.params[0], &w0}, {&net.params[1], &w1}, {&net.params[2], &b}}) compare(*t, *v);
+}
+
+DOCTEST_TEST_CASE("on CPU float32 tensors the adapter runs the Eigen backend: bit for bit the core's step") {
+  // The backends' default Newton–Schulz precision (bf16 on a CPU with bf16 instructions), and fp32.
+  const auto same_bits = [](const ::torch::Tensor& t, const std::vector<float>& v) {
+    DOCTEST_CHECK(std::equal(v.begin(), v.end(), t.data_ptr<float>()));
+  };
+  run_against_core({}, muon::EigenBackend(), same_bits);
+  run_against_core({.ns_precision = muon::NsPrecision::fp32}, muon::EigenBackend({.ns_precision = muon::NsPrecision::fp32}),
+                   same_bits);
+}
+
+DOCTEST_TEST_CASE("the LibTorch-ops fallback (Engine::torch) equals the core up to fp32 rounding") {
+  // fp32 products, as LibTorch's; torch's GEMMs against OpenBLAS's SYRK differ in rounding only,
   // on values of O(0.1).
-  for (auto [t, v] : {std::pair{&net.params[0], &w0}, {&net.params[1], &w1}, {&net.params[2], &b}})
-    for (std::size_t i = 0; i < v->size(); ++i) DOCTEST_CHECK(t->data_ptr<float>()[i] == doctest::Approx((*v)[i]).epsilon(1e-5));
+  run_against_core({.engine = muon::libtorch::Engine::torch}, muon::EigenBackend({.ns_precision = muon::NsPrecision::fp32}),
+                   [](const ::torch::Tensor& t, const std::vector<float>& v) {
+                     for (std::size_t i = 0; i < v.size(); ++i)
+                       DOCTEST_CHECK(t.data_ptr<float>()[i] == doctest::Approx(v[i]).epsilon(1e-5));
+                   });
 }
 
 DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.AdamW fixtures") {
   int cases = 0;
+  for (const auto engine : {muon::libtorch::Engine::automatic, muon::libtorch::Engine::torch})
   for (const auto& entry : std::filesystem::directory_iterator(MUON_FIXTURE_DIR)) {
     const std::string file_name = entry.path().filename().string();
     const bool muon_case = file_name.starts_with("torch_muon_") && file_name.ends_with("_f64.safetensors");
@@ -86,6 +107,8 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
     if (!muon_case && !adamw_case) continue;
     ++cases;
     DOCTEST_CAPTURE(file_name);
+    const std::string engine_name = muon::libtorch::to_string(engine);
+    DOCTEST_CAPTURE(engine_name);
     const auto file = muon::safetensors::File::open(entry.path());
     const auto& meta = file.metadata();
     auto w0 = file.to_float("W0");
@@ -100,7 +123,8 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
     } else {
       o.role(muon::Rule::adamw);
     }
-    muon::libtorch::Muon opt(std::vector<::torch::Tensor>{param}, o);
+    // fp32 products: the fixtures are fp32 and float64 runs.
+    muon::libtorch::Muon opt(std::vector<::torch::Tensor>{param}, o, {.engine = engine, .ns_precision = muon::NsPrecision::fp32});
     double worst = 0.0;
     for (int t = 1; t <= 5; ++t) {
       auto g = file.to_float("G" + std::to_string(t));
@@ -116,7 +140,7 @@ DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.Adam
     // fp32 against torch's own fp32 AdamW.
     DOCTEST_CHECK(worst < (muon_case ? 1e-5 : 2e-6));
   }
-  DOCTEST_CHECK(cases == 8);  // 6 torch.optim.Muon runs, 2 AdamW runs
+  DOCTEST_CHECK(cases == 2 * 8);  // 6 torch.optim.Muon runs, 2 AdamW runs, on both engines
 }
 
 DOCTEST_TEST_CASE("a parameter Muon cannot take, or a sparse gradient, gets a clear error") {
@@ -130,10 +154,39 @@ DOCTEST_TEST_CASE("a parameter Muon cannot take, or a sparse gradient, gets a cl
   muon::libtorch::Muon sparse(std::vector<::torch::Tensor>{emb}, MuonOptions().role(muon::Rule::adamw));
   DOCTEST_CHECK_THROWS_WITH_AS(sparse.step(), doctest::Contains("sparse gradient"), muon::InvalidArgument);
 
-  auto half = ::torch::zeros({4, 4}, ::torch::kDouble);
-  half.mutable_grad() = ::torch::ones({4, 4}, ::torch::kDouble);
-  muon::libtorch::Muon f64(std::vector<::torch::Tensor>{half});
-  DOCTEST_CHECK_THROWS_WITH_AS(f64.step(), doctest::Contains("float32"), muon::InvalidArgument);
+  auto strided = ::torch::zeros({4, 8}).t();
+  muon::libtorch::Muon transposed(std::vector<::torch::Tensor>{strided});
+  DOCTEST_CHECK_THROWS_WITH_AS(transposed.step(), doctest::Contains("group0.param0 is not contiguous"),
+                               muon::InvalidArgument);
+}
+
+DOCTEST_TEST_CASE("float64, bfloat16 and float16 parameters are rejected by name and dtype, on every engine") {
+  for (const auto engine : {muon::libtorch::Engine::automatic, muon::libtorch::Engine::torch})
+    for (const auto& [dtype, name] : {std::pair{::torch::kDouble, "Double"}, {::torch::kBFloat16, "BFloat16"},
+                                      {::torch::kHalf, "Half"}}) {
+      DOCTEST_CAPTURE(name);
+      auto fine = ::torch::zeros({4, 4});
+      auto p = ::torch::zeros({4, 4}, dtype);
+      p.mutable_grad() = ::torch::ones({4, 4}, dtype);
+      muon::libtorch::Muon opt(std::vector<::torch::Tensor>{fine, p}, {}, {.engine = engine});
+      const std::string message = std::string("parameter group0.param1 is ") + name;
+      DOCTEST_CHECK_THROWS_WITH_AS(opt.step(), doctest::Contains(message.c_str()), muon::InvalidArgument);
+      DOCTEST_CHECK_THROWS_WITH_AS(opt.step(), doctest::Contains("float32"), muon::InvalidArgument);
+      DOCTEST_CHECK(opt.step_count() == 0);
+      DOCTEST_CHECK(::torch::equal(p, ::torch::zeros({4, 4}, dtype)));
+    }
+}
+
+DOCTEST_TEST_CASE("an engine that cannot take the parameters is refused with the reason") {
+  auto on_meta = ::torch::empty({4, 4}, ::torch::TensorOptions().device(::torch::kMeta));
+  muon::libtorch::Muon eigen(std::vector<::torch::Tensor>{on_meta}, {}, {.engine = muon::libtorch::Engine::eigen});
+  DOCTEST_CHECK_THROWS_WITH_AS(eigen.step(), doctest::Contains("Engine::eigen needs every parameter on the CPU"),
+                               muon::InvalidArgument);
+#if !MUON_LIBTORCH_CUDA
+  auto cpu = ::torch::zeros({4, 4});
+  DOCTEST_CHECK_THROWS_WITH_AS(muon::libtorch::Muon(std::vector<::torch::Tensor>{cpu}, {}, {.engine = muon::libtorch::Engine::cuda}),
+                               doctest::Contains("Engine::cuda"), muon::InvalidArgument);
+#endif
 }
 
 DOCTEST_TEST_CASE("a NaN gradient in any group rejects the whole step and changes nothing") {
@@ -189,6 +242,43 @@ DOCTEST_TEST_CASE("torch::save and torch::load resume bit-exactly and restore th
   }
   for (std::size_t i = 0; i < full.params.size(); ++i) DOCTEST_CHECK(::torch::equal(full.params[i], resumed.params[i]));
   std::filesystem::remove(path);
+}
+
+DOCTEST_TEST_CASE("an archive saved on one engine loads into the other and the run goes on") {
+  using muon::libtorch::Engine;
+  for (const auto& [from, to] : {std::pair{Engine::automatic, Engine::torch}, {Engine::torch, Engine::automatic}}) {
+    const std::string from_name = muon::libtorch::to_string(from);
+    DOCTEST_CAPTURE(from_name);
+    const muon::libtorch::EngineOptions save_engine{.engine = from, .ns_precision = muon::NsPrecision::fp32},
+        load_engine{.engine = to, .ns_precision = muon::NsPrecision::fp32};
+    const auto path = temp_path("cross.pt");
+    const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
+    Net full(3), first(3);
+    muon::libtorch::Muon uninterrupted(full.groups(options), {}, save_engine), before(first.groups(options), {}, save_engine);
+    for (int step = 0; step < 4; ++step) {
+      full.set_gradients(50 + step);
+      uninterrupted.step();
+    }
+    for (int step = 0; step < 2; ++step) {
+      first.set_gradients(50 + step);
+      before.step();
+    }
+    ::torch::save(before, path.string());
+    Net resumed(3);
+    for (std::size_t i = 0; i < resumed.params.size(); ++i) resumed.params[i].copy_(first.params[i]);
+    muon::libtorch::Muon after(resumed.groups(MuonOptions(5.0)), {}, load_engine);
+    ::torch::load(after, path.string());
+    DOCTEST_CHECK(after.step_count() == 2);
+    DOCTEST_CHECK(after.engine() == (to == Engine::automatic ? Engine::eigen : to));
+    for (int step = 2; step < 4; ++step) {
+      resumed.set_gradients(50 + step);
+      after.step();
+    }
+    // Other products after the load (SYRK against GEMM): fp32 rounding only.
+    for (std::size_t i = 0; i < full.params.size(); ++i)
+      DOCTEST_CHECK(::torch::allclose(full.params[i], resumed.params[i], 1e-5, 1e-6));
+    std::filesystem::remove(path);
+  }
 }
 
 DOCTEST_TEST_CASE("group options round-trip through torch::save and torch::load, every field") {

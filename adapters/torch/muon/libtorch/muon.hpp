@@ -4,9 +4,28 @@
 // Each parameter group has a role: "muon" groups run Muon (momentum → Newton–Schulz → update
 // scaled to AdamW's RMS, decoupled decay), "adamw" groups run AdamW. moonlight_param_groups()
 // builds the two groups from a module by Moonlight's policy. The math is the core's: one
-// StepDriver over one Stepper per group (TorchBackend), so each group keeps its own options as
-// LibTorch users expect (LR schedulers set them through get_lr/set_lr), and a step has one
-// gradient check, one clipping decision and one step count, whatever the number of groups.
+// StepDriver over one Stepper per group, so each group keeps its own options as LibTorch users
+// expect (LR schedulers set them through get_lr/set_lr), and a step has one gradient check, one
+// clipping decision and one step count, whatever the number of groups.
+//
+// Which backend runs the steps (Engine::automatic, chosen at the first step from all groups'
+// parameters; Muon::engine() says which), always over the tensors' own memory (no copy):
+//   - every parameter a CPU tensor, where muon::eigen is linked and the file is not compiled by
+//     nvcc (MUON_LIBTORCH_EIGEN, below): muon::EigenBackend (the core's CPU backend), bit for bit
+//     what muon::Optimizer<EigenBackend> does on the same table with the same ns_precision;
+//   - every parameter a CUDA tensor of one device, in a translation unit compiled by nvcc with
+//     muon::cuda linked and a CUDA build of LibTorch (MUON_LIBTORCH_CUDA, below): muon::CudaBackend
+//     on PyTorch's current stream and cuBLAS handle, the handle's math mode pinned to
+//     CUBLAS_DEFAULT_MATH during the step, so torch's allow_tf32 cannot make its fp32 products TF32;
+//   - anything else (other devices, CUDA tensors where the CUDA backend is not compiled in, a mix
+//     of devices): TorchBackend (muon/libtorch/backend.hpp), LibTorch's own ops.
+// The third constructor argument (EngineOptions) forces one (e.g. Engine::torch) and sets the
+// Newton–Schulz precision of the Eigen and CUDA backends (by default theirs: bf16 where the
+// hardware multiplies bf16 natively, else fp32; TorchBackend's products are fp32). Every backend
+// takes contiguous float32 parameters only: float64, bfloat16 and float16 ones are an
+// InvalidArgument naming the parameter and its dtype (keep float32 master weights; cast a copy
+// for the forward pass).
+// The archive (muon.torch.v2) holds CPU tensors, so it loads whichever backend saved it.
 //
 //   using muon::libtorch::Muon, muon::libtorch::MuonOptions, muon::libtorch::moonlight_param_groups;
 //   auto opt = Muon(moonlight_param_groups(*model, MuonOptions(4.2e-4)));
@@ -23,10 +42,37 @@
 #include <muon/options_json.hpp>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "muon/libtorch/backend.hpp"
+
+// 1 where CPU tensors run on the Eigen backend: built in (muon::eigen), and not under nvcc, which
+// does not compile the backend's vector loops (a .cu file's CPU tensors take TorchBackend).
+#if !defined(MUON_LIBTORCH_EIGEN)
+#if defined(MUON_HAS_EIGEN) && !defined(__CUDACC__)
+#define MUON_LIBTORCH_EIGEN 1
+#else
+#define MUON_LIBTORCH_EIGEN 0
+#endif
+#endif
+#if MUON_LIBTORCH_EIGEN
+#include <muon/backends/eigen.hpp>
+#endif
+
+// 1 where the CUDA backend can run CUDA tensors: it needs nvcc (its kernels), muon::cuda and a
+// CUDA build of LibTorch (its current stream and cuBLAS handle; the generated header tested here
+// exists only in CUDA builds: Debian's CPU-only libtorch ships ATen/cuda/*.h without it). Define
+// it to 0 to opt out.
+#if !defined(MUON_LIBTORCH_CUDA)
+#if defined(MUON_HAS_CUDA) && defined(__CUDACC__) && __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
+#define MUON_LIBTORCH_CUDA 1
+#else
+#define MUON_LIBTORCH_CUDA 0
+#endif
+#endif
 
 namespace muon::libtorch {
 
@@ -83,15 +129,92 @@ struct MuonOptions : public torch::optim::OptimizerCloneableOptions<MuonOptions>
   muon::Rule role_ = muon::Rule::muon;
 };
 
+// The backend that runs a Muon's steps; `automatic` picks by the parameters' device (see the
+// header comment).
+enum class Engine { automatic, eigen, cuda, torch };
+
+// Which backend runs, and its Newton–Schulz precision: EigenOptions::ns_precision or
+// CudaOptions::ns_precision (automatic: bf16 where the hardware multiplies bf16 natively, as the
+// core's backends decide; TorchBackend's products are always fp32).
+struct EngineOptions {
+  Engine engine = Engine::automatic;
+  NsPrecision ns_precision = NsPrecision::automatic;
+};
+
+[[nodiscard]] inline const char* to_string(Engine e) {
+  switch (e) {
+    case Engine::eigen: return "eigen";
+    case Engine::cuda: return "cuda";
+    case Engine::torch: return "torch";
+    case Engine::automatic: break;
+  }
+  return "automatic";
+}
+
+namespace internal {
+
+// One backend's driver and steppers (one per group; null for a group with no parameters yet).
+template <Backend B>
+struct Run {
+  Run(B b, torch::Device d) : backend(std::move(b)), device(d) {}
+  B backend;  // the driver's and (except TorchBackend: one per group's device) the steppers'
+  torch::Device device;  // of the first group's parameters
+  std::optional<muon::StepDriver<B>> driver;
+  std::vector<std::unique_ptr<muon::Stepper<B>>> steppers;
+};
+
+// What a step (or a load) needs around the backend's operations; nothing outside CUDA.
+template <Backend B>
+struct StepScope {
+  explicit StepScope(Run<B>&) {}
+};
+
+}  // namespace internal
+}  // namespace muon::libtorch
+
+#if MUON_LIBTORCH_CUDA
+#include "muon/libtorch/cuda.hpp"  // internal::StepScope<CudaBackend>, internal::cuda_backend_for
+#endif
+
+// Muon's layout depends on the backends compiled in, which may differ between a .cpp and a .cu
+// of one program: each configuration gets its own inline namespace, so the two are two classes
+// (as EigenBackend's MUON_CPU_CONFIG) rather than one class defined twice.
+#if MUON_LIBTORCH_EIGEN && MUON_LIBTORCH_CUDA
+#define MUON_LIBTORCH_CONFIG engines_eigen_cuda_torch
+#elif MUON_LIBTORCH_EIGEN
+#define MUON_LIBTORCH_CONFIG engines_eigen_torch
+#elif MUON_LIBTORCH_CUDA
+#define MUON_LIBTORCH_CONFIG engines_cuda_torch
+#else
+#define MUON_LIBTORCH_CONFIG engines_torch
+#endif
+
+namespace muon::libtorch {
+
+inline namespace MUON_LIBTORCH_CONFIG {
+
 // The optimizer: one StepDriver (the step counter, the guard, clipping and the schedule, from
 // the constructor's defaults) over one Stepper per parameter group; group i reads entry i of the
 // step block, with its own lr, weight decay and rule options.
 class Muon : public torch::optim::Optimizer {
  public:
-  explicit Muon(std::vector<torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {})
-      : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))) {}
-  explicit Muon(std::vector<torch::Tensor> params, MuonOptions defaults = {})
-      : Muon({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+  explicit Muon(std::vector<torch::optim::OptimizerParamGroup> groups, MuonOptions defaults = {},
+                EngineOptions engine = {})
+      : Optimizer(std::move(groups), std::make_unique<MuonOptions>(std::move(defaults))), requested_(engine) {
+#if !MUON_LIBTORCH_EIGEN
+    if (engine.engine == Engine::eigen)
+      throw muon::InvalidArgument(
+          "Engine::eigen: the Eigen backend is not compiled in here (muon::eigen not linked, or a .cu file)");
+#endif
+#if !MUON_LIBTORCH_CUDA
+    if (engine.engine == Engine::cuda)
+      throw muon::InvalidArgument(
+          "Engine::cuda: the CUDA backend is compiled in only where muon/libtorch/muon.hpp is included from a .cu "
+          "file (nvcc) with muon::cuda linked and a CUDA build of LibTorch");
+#endif
+  }
+  explicit Muon(std::vector<torch::Tensor> params, MuonOptions defaults = {}, EngineOptions engine = {})
+      : Muon({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults), engine) {}
 
   // One step of every group. Gradients are checked in all groups before any group changes: a
   // NaN or Inf anywhere throws muon::NonFiniteGradient (naming the parameter) and changes
@@ -103,28 +226,47 @@ class Muon : public torch::optim::Optimizer {
       at::AutoGradMode enable_grad(true);
       loss = closure();
     }
-    sync_steppers();
-    if (!driver_) return loss;
-    muon::GradientCheck check;
-    std::vector<muon::GroupRates> rates;
-    for (std::size_t i = 0; i < steppers_.size(); ++i) {
-      if (steppers_[i]) check.add(steppers_[i]->check_gradients());
-      const muon::Options& o = group_options(i).core();
-      rates.push_back({o.lr, o.weight_decay, o.adamw});
-    }
-    if (driver_->begin_step(check, rates).skipped) return loss;
-    driver_->upload();
-    for (auto& stepper : steppers_)
-      if (stepper) stepper->apply(driver_->values());
+    prepare();
+    std::visit(
+        [&](auto& run) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(run)>, std::monostate>) {
+            internal::StepScope scope(run);
+            sync_run(run);
+            step_on(run);
+          }
+        },
+        run_);
     return loss;
   }
 
+  // The backend that runs the steps: `automatic` until the first step (or load) has chosen one.
+  [[nodiscard]] Engine engine() const { return engine_of(run_); }
+
   // Completed and skipped steps (one count for all groups).
-  [[nodiscard]] std::int64_t step_count() const { return driver_ ? driver_->step_count() : 0; }
-  [[nodiscard]] std::int64_t skipped_steps() const { return driver_ ? driver_->skipped_steps() : 0; }
+  [[nodiscard]] std::int64_t step_count() const {
+    return std::visit(
+        [](const auto& run) -> std::int64_t {
+          if constexpr (std::is_same_v<std::decay_t<decltype(run)>, std::monostate>)
+            return 0;
+          else
+            return run.driver ? run.driver->step_count() : 0;
+        },
+        run_);
+  }
+  [[nodiscard]] std::int64_t skipped_steps() const {
+    return std::visit(
+        [](const auto& run) -> std::int64_t {
+          if constexpr (std::is_same_v<std::decay_t<decltype(run)>, std::monostate>)
+            return 0;
+          else
+            return run.driver ? run.driver->skipped_steps() : 0;
+        },
+        run_);
+  }
 
   // Writes the step counts and, per group, its options and its stepper's whole state, keyed by
-  // position (group i, parameter j) like LibTorch's own archives.
+  // position (group i, parameter j) like LibTorch's own archives. The state goes out as CPU
+  // float32 tensors, whichever backend holds it.
   void save(torch::serialize::OutputArchive& archive) const override {
     archive.write("muon_format", c10::IValue(std::string(kFormat)));
     archive.write("groups", c10::IValue(static_cast<std::int64_t>(param_groups_.size())));
@@ -136,10 +278,10 @@ class Muon : public torch::optim::Optimizer {
       param_groups_[i].options().serialize(options);
       group.write("options", options);
       // A group with no stepper yet (no step since it was added) has no state to save.
-      Stepper* stepper = i < steppers_.size() ? steppers_[i].get() : nullptr;
-      group.write("has_state", c10::IValue(stepper != nullptr));
-      if (stepper)
-        for (const StateTensor& t : stepper->export_tensors())
+      const std::optional<std::vector<StateTensor>> state = export_group(i);
+      group.write("has_state", c10::IValue(state.has_value()));
+      if (state)
+        for (const StateTensor& t : *state)
           group.write(t.name, torch::from_blob(const_cast<float*>(t.values.data()), t.shape, torch::kFloat).clone());
       archive.write("group_" + std::to_string(i), group);
     }
@@ -159,11 +301,94 @@ class Muon : public torch::optim::Optimizer {
     archive.read("step", step);
     archive.read("skipped_steps", skipped);
     muon::check_step_counts(step.toInt(), skipped.toInt(), "archive");
-    sync_steppers();
+    prepare();
+    std::visit(
+        [&](auto& run) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(run)>, std::monostate>) {
+            internal::StepScope scope(run);
+            sync_run(run);
+            load_into(run, archive, step.toInt(), skipped.toInt());
+          }
+        },
+        run_);
+  }
+
+ private:
+  static constexpr const char* kFormat = "muon.torch.v2";
+  using RunState = std::variant<std::monostate,
+#if MUON_LIBTORCH_EIGEN
+                                internal::Run<muon::EigenBackend>,
+#endif
+#if MUON_LIBTORCH_CUDA
+                                internal::Run<muon::CudaBackend>,
+#endif
+                                internal::Run<TorchBackend>>;
+
+  [[nodiscard]] const MuonOptions& group_options(std::size_t i) const {
+    return static_cast<const MuonOptions&>(param_groups_[i].options());
+  }
+  static std::string param_name(std::size_t group, std::size_t index) {
+    return "group" + std::to_string(group) + ".param" + std::to_string(index);
+  }
+
+  template <Backend B>
+  static Engine engine_of_backend() {
+#if MUON_LIBTORCH_EIGEN
+    if constexpr (std::is_same_v<B, muon::EigenBackend>) return Engine::eigen;
+#endif
+#if MUON_LIBTORCH_CUDA
+    if constexpr (std::is_same_v<B, muon::CudaBackend>) return Engine::cuda;
+#endif
+    return Engine::torch;
+  }
+  static Engine engine_of(const RunState& run) {
+    return std::visit(
+        [](const auto& r) {
+          using R = std::decay_t<decltype(r)>;
+          if constexpr (std::is_same_v<R, std::monostate>)
+            return Engine::automatic;
+          else
+            return engine_of_backend<decltype(r.backend)>();
+        },
+        run);
+  }
+
+  template <Backend B>
+  void step_on(internal::Run<B>& run) {
+    if (!run.driver) return;
+    muon::GradientCheck check;
+    std::vector<muon::GroupRates> rates;
+    for (std::size_t i = 0; i < run.steppers.size(); ++i) {
+      if (run.steppers[i]) check.add(run.steppers[i]->check_gradients());
+      const muon::Options& o = group_options(i).core();
+      rates.push_back({o.lr, o.weight_decay, o.adamw});
+    }
+    if (run.driver->begin_step(check, rates).skipped) return;
+    run.driver->upload();
+    for (auto& stepper : run.steppers)
+      if (stepper) stepper->apply(run.driver->values());
+  }
+
+  [[nodiscard]] std::optional<std::vector<StateTensor>> export_group(std::size_t i) const {
+    return std::visit(
+        [&](const auto& r) -> std::optional<std::vector<StateTensor>> {
+          if constexpr (std::is_same_v<std::decay_t<decltype(r)>, std::monostate>) {
+            return std::nullopt;
+          } else {
+            if (i >= r.steppers.size() || !r.steppers[i]) return std::nullopt;
+            return r.steppers[i]->export_tensors();
+          }
+        },
+        run_);
+  }
+
+  template <Backend B>
+  void load_into(internal::Run<B>& run, torch::serialize::InputArchive& archive, std::int64_t step,
+                 std::int64_t skipped) {
     // Read and check every group first; install nothing until all are good.
     std::vector<MuonOptions> options(param_groups_.size());
     std::vector<std::vector<StateTensor>> tensors(param_groups_.size());
-    std::vector<Stepper::Staged> staged(param_groups_.size());
+    std::vector<typename muon::Stepper<B>::Staged> staged(param_groups_.size());
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
       torch::serialize::InputArchive group, group_options;
       archive.read("group_" + std::to_string(i), group);
@@ -173,38 +398,149 @@ class Muon : public torch::optim::Optimizer {
       group.read("has_state", has_state);
       if (!has_state.toBool()) continue;
       const std::string source = "group " + std::to_string(i);
-      if (!steppers_[i]) throw muon::StateMismatch(source + " has saved state but no parameters here");
-      for (const std::string& name : steppers_[i]->state_names()) {
+      if (!run.steppers[i]) throw muon::StateMismatch(source + " has saved state but no parameters here");
+      for (const std::string& name : run.steppers[i]->state_names()) {
         torch::Tensor t;
         if (!group.try_read(name, t)) throw muon::StateMismatch(source + ": tensor '" + name + "' is missing");
-        t = t.to(torch::kFloat).contiguous();
+        t = t.to(torch::kCPU, torch::kFloat).contiguous();
         tensors[i].push_back(
             {name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
       }
-      staged[i] = steppers_[i]->check_tensors(tensors[i], source);
+      staged[i] = run.steppers[i]->check_tensors(tensors[i], source);
     }
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
       static_cast<MuonOptions&>(param_groups_[i].options()) = options[i];
-      if (steppers_[i]) {
-        steppers_[i]->import_tensors(staged[i]);
-        steppers_[i]->set_rule_options(options[i].core().muon, options[i].core().adamw);
+      if (run.steppers[i]) {
+        run.steppers[i]->import_tensors(staged[i]);
+        run.steppers[i]->set_rule_options(options[i].core().muon, options[i].core().adamw);
       }
     }
-    if (driver_) driver_->restore(step.toInt(), skipped.toInt(), driver_->options());
+    if (run.driver) run.driver->restore(step, skipped, run.driver->options());
   }
 
- private:
-  static constexpr const char* kFormat = "muon.torch.v2";
-  using Stepper = muon::Stepper<TorchBackend>;
-
-  [[nodiscard]] const MuonOptions& group_options(std::size_t i) const {
-    return static_cast<const MuonOptions&>(param_groups_[i].options());
+  // Every parameter must be a contiguous float32 tensor; its gradient becomes one on its device.
+  void check_parameters() {
+    for (std::size_t i = 0; i < param_groups_.size(); ++i) {
+      auto& params = param_groups_[i].params();
+      for (std::size_t j = 0; j < params.size(); ++j) {
+        auto& p = params[j];
+        const std::string name = param_name(i, j);
+        if (p.scalar_type() != torch::kFloat)
+          throw muon::InvalidArgument("parameter " + name + " is " + std::string(c10::toString(p.scalar_type())) +
+                                      ": muon::libtorch::Muon takes contiguous float32 tensors (keep float32 master "
+                                      "weights and cast a copy for the forward pass)");
+        if (!p.is_contiguous())
+          throw muon::InvalidArgument("parameter " + name +
+                                      " is not contiguous: muon::libtorch::Muon takes contiguous float32 tensors");
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // Keller's convention: no grad = zero grad
+        if (p.grad().is_sparse())
+          throw muon::InvalidArgument("parameter " + name + " has a sparse gradient; Muon and AdamW need dense ones");
+        if (!p.grad().is_contiguous() || p.grad().scalar_type() != torch::kFloat || p.grad().device() != p.device())
+          p.mutable_grad() = p.grad().to(p.device(), torch::kFloat).contiguous();
+      }
+    }
   }
 
-  // Makes the driver (once) and a stepper for each group (once), and points the steppers at the
-  // current values and gradients: LibTorch may have reallocated the gradients since the last step.
-  void sync_steppers() {
-    steppers_.resize(param_groups_.size());
+  // The engine for the parameters of every group: the requested one, checked, or by device.
+  [[nodiscard]] Engine choose_engine() const {
+    std::optional<torch::Device> first;
+    bool one_device = true;
+    for (const auto& group : param_groups_)
+      for (const auto& p : group.params()) {
+        if (!first) first = p.device();
+        one_device = one_device && p.device() == *first;
+      }
+    const bool all_cpu = one_device && first && first->is_cpu();
+    const bool all_cuda = one_device && first && first->is_cuda();
+    const auto refuse = [&](const char* what) {
+      throw muon::InvalidArgument(std::string("Engine::") + to_string(requested_.engine) + " needs every parameter " +
+                                  what);
+    };
+    switch (requested_.engine) {
+      case Engine::eigen:
+        if (!all_cpu) refuse("on the CPU");
+        return Engine::eigen;
+      case Engine::cuda:
+        if (!all_cuda) refuse("on one CUDA device");
+        return Engine::cuda;
+      case Engine::torch: return Engine::torch;
+      case Engine::automatic: break;
+    }
+#if MUON_LIBTORCH_EIGEN
+    if (all_cpu) return Engine::eigen;
+#endif
+#if MUON_LIBTORCH_CUDA
+    if (all_cuda) return Engine::cuda;
+#endif
+    return Engine::torch;
+  }
+
+  // The first time there are parameters: the engine and its backend.
+  void make_run() {
+    bool any = false;
+    for (const auto& group : param_groups_) any = any || !group.params().empty();
+    if (!any) return;
+    const Engine engine = choose_engine();
+    const torch::Device device = first_device();
+    switch (engine) {
+#if MUON_LIBTORCH_EIGEN
+      case Engine::eigen:
+        run_.emplace<internal::Run<muon::EigenBackend>>(muon::EigenBackend({.ns_precision = requested_.ns_precision}),
+                                                        device);
+        return;
+#endif
+#if MUON_LIBTORCH_CUDA
+      case Engine::cuda:
+        run_.emplace<internal::Run<muon::CudaBackend>>(
+            internal::cuda_backend_for(device, requested_.ns_precision), device);
+        return;
+#endif
+      default: run_.emplace<internal::Run<TorchBackend>>(TorchBackend(device), device); return;
+    }
+  }
+  [[nodiscard]] torch::Device first_device() const {
+    for (const auto& group : param_groups_)
+      if (!group.params().empty()) return group.params().front().device();
+    return torch::kCPU;
+  }
+
+  // A group's backend: the run's, or TorchBackend on the group's device.
+  template <Backend B>
+  [[nodiscard]] static B backend_for_group(internal::Run<B>& run, const std::vector<torch::Tensor>& params) {
+    if constexpr (std::is_same_v<B, TorchBackend>)
+      return TorchBackend(params.front().device());
+    else
+      return run.backend;
+  }
+
+  // A parameter added after the engine was chosen must suit it.
+  template <Backend B>
+  static void check_device(const internal::Run<B>& run, const torch::Tensor& p, const std::string& name) {
+    const Engine engine = engine_of_backend<B>();
+    if (engine == Engine::eigen && !p.device().is_cpu())
+      throw muon::InvalidArgument("parameter " + name + " is on " + p.device().str() +
+                                  ", but this optimizer runs the Eigen backend on CPU tensors");
+#if MUON_LIBTORCH_CUDA
+    if constexpr (std::is_same_v<B, muon::CudaBackend>)
+      if (p.device() != run.device)
+        throw muon::InvalidArgument("parameter " + name + " is on " + p.device().str() +
+                                    ", but this optimizer runs the CUDA backend on " + run.device.str());
+#endif
+    (void)run;
+  }
+
+  // Checks the parameters and chooses the engine (once, when there are parameters).
+  void prepare() {
+    check_parameters();
+    if (std::holds_alternative<std::monostate>(run_)) make_run();
+  }
+
+  // Makes the engine's driver (once) and a stepper for each group (once), and points the steppers
+  // at the current values and gradients: LibTorch may have reallocated the gradients since the
+  // last step.
+  template <Backend B>
+  void sync_run(internal::Run<B>& run) {
+    run.steppers.resize(param_groups_.size());
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
       const MuonOptions& options = group_options(i);
       auto& params = param_groups_[i].params();
@@ -213,37 +549,32 @@ class Muon : public torch::optim::Optimizer {
       std::vector<TensorRef<const float>> grads;
       for (std::size_t j = 0; j < params.size(); ++j) {
         auto& p = params[j];
-        const std::string name = "group" + std::to_string(i) + ".param" + std::to_string(j);
-        if (p.scalar_type() != torch::kFloat || !p.is_contiguous())
-          throw muon::InvalidArgument("parameter " + name + ": muon::libtorch::Muon takes contiguous float32 tensors");
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // Keller's convention: no grad = zero grad
-        if (p.grad().is_sparse())
-          throw muon::InvalidArgument("parameter " + name + " has a sparse gradient; Muon and AdamW need dense ones");
-        if (!p.grad().is_contiguous() || p.grad().scalar_type() != torch::kFloat)
-          p.mutable_grad() = p.grad().to(torch::kFloat).contiguous();
+        if (!run.steppers[i]) check_device(run, p, param_name(i, j));
         values.push_back({p.data_ptr<float>(), p.sizes().vec()});
         grads.push_back({p.grad().data_ptr<float>(), p.grad().sizes().vec()});
       }
-      const TorchBackend backend(params.front().device());
-      if (!driver_) driver_.emplace(backend, static_cast<const MuonOptions&>(defaults()).core(), param_groups_.size());
-      if (!steppers_[i]) {
+      const B backend = backend_for_group(run, params);
+      if (!run.driver)
+        run.driver.emplace(backend, static_cast<const MuonOptions&>(defaults()).core(), param_groups_.size());
+      if (!run.steppers[i]) {
         std::vector<muon::Parameter> table;
         for (std::size_t j = 0; j < params.size(); ++j)
-          table.push_back({"group" + std::to_string(i) + ".param" + std::to_string(j), muon::Role::matrix, values[j],
-                           grads[j], options.role()});
-        steppers_[i] =
-            std::make_unique<Stepper>(backend, std::move(table), options.core().muon, options.core().adamw, i, i);
+          table.push_back({param_name(i, j), muon::Role::matrix, values[j], grads[j], options.role()});
+        run.steppers[i] = std::make_unique<muon::Stepper<B>>(backend, std::move(table), options.core().muon,
+                                                             options.core().adamw, i, i);
       } else {
-        for (std::size_t j = 0; j < params.size(); ++j) steppers_[i]->rebind(j, values[j], grads[j]);
-        steppers_[i]->set_rule_options(options.core().muon, options.core().adamw);
+        for (std::size_t j = 0; j < params.size(); ++j) run.steppers[i]->rebind(j, values[j], grads[j]);
+        run.steppers[i]->set_rule_options(options.core().muon, options.core().adamw);
       }
     }
-    if (driver_ && driver_->entries() != param_groups_.size()) driver_->resize(param_groups_.size());
+    if (run.driver && run.driver->entries() != param_groups_.size()) run.driver->resize(param_groups_.size());
   }
 
-  std::optional<muon::StepDriver<TorchBackend>> driver_;
-  std::vector<std::unique_ptr<Stepper>> steppers_;
+  EngineOptions requested_;
+  RunState run_;
 };
+
+}  // namespace MUON_LIBTORCH_CONFIG
 
 // Moonlight's routing for a module: parameters of 2 or more dimensions whose names match none of
 // `adamw_name_patterns` go to a "muon" group; embeddings, the LM head (by name) and every 1-D
