@@ -244,24 +244,10 @@ class Muon : public torch::optim::Optimizer {
 
   // Completed and skipped steps (one count for all groups).
   [[nodiscard]] std::int64_t step_count() const {
-    return std::visit(
-        [](const auto& run) -> std::int64_t {
-          if constexpr (std::is_same_v<std::decay_t<decltype(run)>, std::monostate>)
-            return 0;
-          else
-            return run.driver ? run.driver->step_count() : 0;
-        },
-        run_);
+    return driver_count([](const auto& driver) { return driver.step_count(); });
   }
   [[nodiscard]] std::int64_t skipped_steps() const {
-    return std::visit(
-        [](const auto& run) -> std::int64_t {
-          if constexpr (std::is_same_v<std::decay_t<decltype(run)>, std::monostate>)
-            return 0;
-          else
-            return run.driver ? run.driver->skipped_steps() : 0;
-        },
-        run_);
+    return driver_count([](const auto& driver) { return driver.skipped_steps(); });
   }
 
   // Writes the step counts and, per group, its options and its stepper's whole state, keyed by
@@ -314,6 +300,19 @@ class Muon : public torch::optim::Optimizer {
   }
 
  private:
+  // `count(driver)` of the chosen backend's driver; 0 before the first step (or load).
+  template <class F>
+  [[nodiscard]] std::int64_t driver_count(F&& count) const {
+    return std::visit(
+        [&](const auto& run) -> std::int64_t {
+          if constexpr (std::is_same_v<std::decay_t<decltype(run)>, std::monostate>)
+            return 0;
+          else
+            return run.driver ? count(*run.driver) : 0;
+        },
+        run_);
+  }
+
   static constexpr const char* kFormat = "muon.torch.v2";
   using RunState = std::variant<std::monostate,
 #if MUON_LIBTORCH_EIGEN
