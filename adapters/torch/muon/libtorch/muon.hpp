@@ -226,16 +226,7 @@ class Muon : public torch::optim::Optimizer {
       at::AutoGradMode enable_grad(true);
       loss = closure();
     }
-    prepare();
-    std::visit(
-        [&](auto& run) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(run)>, std::monostate>) {
-            internal::StepScope scope(run);
-            sync_run(run);
-            step_on(run);
-          }
-        },
-        run_);
+    on_run([&](auto& run) { step_on(run); });
     return loss;
   }
 
@@ -287,19 +278,25 @@ class Muon : public torch::optim::Optimizer {
     archive.read("step", step);
     archive.read("skipped_steps", skipped);
     muon::check_step_counts(step.toInt(), skipped.toInt(), "archive");
+    on_run([&](auto& run) { load_into(run, archive, step.toInt(), skipped.toInt()); });
+  }
+
+ private:
+  // `work(run)` on the chosen backend (chosen now if not yet), inside its StepScope and with its
+  // steppers in step with the groups: what a step and a load share.
+  template <class F>
+  void on_run(F&& work) {
     prepare();
     std::visit(
         [&](auto& run) {
           if constexpr (!std::is_same_v<std::decay_t<decltype(run)>, std::monostate>) {
             internal::StepScope scope(run);
             sync_run(run);
-            load_into(run, archive, step.toInt(), skipped.toInt());
+            work(run);
           }
         },
         run_);
   }
-
- private:
   // `count(driver)` of the chosen backend's driver; 0 before the first step (or load).
   template <class F>
   [[nodiscard]] std::int64_t driver_count(F&& count) const {
