@@ -180,3 +180,62 @@ TEST_CASE("on one rank, ZeRO-1 equals the single-process optimizer bit for bit, 
   }
   CHECK(zm.values() == resumed.values());
 }
+
+namespace {
+
+// The one-rank communicator, counting the calls that a step makes the host wait on: on NCCL every
+// control operation waits for the device, the bulk collectives do not (nccl.hpp).
+struct CountingCommunicator : muon::distributed::SelfCommunicator {
+  int* waits;
+  int* bulk;
+  Request reduce_scatter(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts,
+                         muon::distributed::ReduceOp op) {
+    ++*bulk;
+    return SelfCommunicator::reduce_scatter(send, recv, counts, op);
+  }
+  Request all_gather(std::span<const float> send, std::span<float> recv, std::span<const std::int64_t> counts) {
+    ++*bulk;
+    return SelfCommunicator::all_gather(send, recv, counts);
+  }
+  template <class T>
+  void all_reduce(std::span<T> data, muon::distributed::ReduceOp op) {
+    ++*waits;
+    SelfCommunicator::all_reduce(data, op);
+  }
+  template <class Fill>
+  void reduce_to_host(std::span<double> result, muon::distributed::ReduceOp op, Fill&& fill) {
+    ++*waits;
+    SelfCommunicator::reduce_to_host(result, op, std::forward<Fill>(fill));
+  }
+  template <class T>
+  void broadcast(std::span<T> data, int root) {
+    ++*waits;
+    SelfCommunicator::broadcast(data, root);
+  }
+  void barrier() { ++*waits; }
+};
+static_assert(muon::distributed::Communicator<CountingCommunicator>);
+
+}  // namespace
+
+TEST_CASE("a ZeRO-1 step makes one control reduction (the one host synchronisation on NCCL) and two bulk collectives per bucket") {
+  int waits = 0, bulk = 0;
+  muon::test::ZeroModel zm, ref;
+  const muon::Options options{.lr = 0.02, .weight_decay = 0.1, .max_grad_norm = 0.5};
+  muon::distributed::ZeroOptimizer<muon::EigenBackend, CountingCommunicator> zero(
+      zm.table(), options, CountingCommunicator{{}, &waits, &bulk}, {}, {.bucket_elements = 300});
+  const auto buckets = static_cast<int>(zero.plan().buckets.size());
+  REQUIRE(buckets > 2);
+  muon::Optimizer<muon::EigenBackend> single(ref.table(), options);
+  for (int step = 0; step < 3; ++step) {
+    zm.set_rank_gradients(step, 0);
+    ref.set_mean_gradients(step, 1);
+    waits = bulk = 0;
+    const auto a = zero.step();
+    CHECK(waits == 1);
+    CHECK(bulk == 2 * buckets);
+    // The norm from the per-piece sums is the single-process optimizer's (clipping is on).
+    CHECK(a.grad_norm == doctest::Approx(single.step().grad_norm).epsilon(1e-12));
+  }
+  CHECK(zm.values() == ref.values());
+}

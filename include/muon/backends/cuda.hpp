@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -204,6 +205,13 @@ class CudaBackend {
   // Σ x² of each span, with one synchronisation for all (gradient checks: cuda_gradients.hpp, zero1.hpp).
   [[nodiscard]] std::vector<double> sum_squares_each(std::span<const std::span<const float>> xs) {
     return detail::sum_squares_each(*context_, xs);
+  }
+  // The same sums into device memory (sums.size() == xs.size()), without waiting: ZeRO-1 writes
+  // them into the communicator's buffer, so that they reach the host with the all-reduce's one wait.
+  void sum_squares_each(std::span<const std::span<const float>> xs, std::span<double> sums) {
+    if (sums.size() != xs.size())
+      throw ShapeMismatch("sum_squares_each: " + std::to_string(sums.size()) + " sums for " + std::to_string(xs.size()) + " spans");
+    if (!xs.empty()) (void)detail::enqueue_sum_squares_each(*context_, xs, sums.data());
   }
 
   // *flag ← 1 on the device if x holds a NaN or Inf, else leaves it; clear it first with

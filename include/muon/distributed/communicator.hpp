@@ -38,7 +38,7 @@ template <class C>
 concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span<const float> cf,
                                 std::span<double> d, std::span<std::int64_t> i, std::span<std::byte> bytes,
                                 std::span<const std::int64_t> counts, ReduceOp op, int root,
-                                typename C::Request& request) {
+                                typename C::Request& request, void (*fill)(std::span<double>)) {
   { cc.rank() } -> std::same_as<int>;
   { cc.size() } -> std::same_as<int>;
   // recv (counts[rank] elements) ← op over all ranks of their send block `rank`;
@@ -52,6 +52,11 @@ concept Communicator = requires(C& c, const C& cc, std::span<float> f, std::span
   c.all_reduce(f, op);
   c.all_reduce(d, op);
   c.all_reduce(i, op);
+  // The control values that start on the engine's side: `fill` writes this rank's d.size() values
+  // into a buffer in the engine's memory (for NCCL, device memory written by work enqueued on the
+  // compute stream); d ← op over all ranks of them, on the host. For NCCL the one wait of the host
+  // for the device a ZeRO-1 step makes.
+  c.reduce_to_host(d, op, fill);
   c.broadcast(f, root);
   c.broadcast(i, root);
   c.broadcast(bytes, root);

@@ -216,6 +216,13 @@ class MpiCommunicator {
     }
   }
 
+  // Host memory is the engine's: `fill` writes the result itself, which is then reduced in place.
+  template <class Fill>
+  void reduce_to_host(std::span<double> result, ReduceOp op, Fill&& fill) {
+    fill(result);
+    all_reduce(result, op);
+  }
+
   template <class T>
   void broadcast(std::span<T> data, int root) {
     detail::check_mpi(MPI_Bcast(data.data(), detail::mpi_count(std::ssize(data), "broadcast"), detail::mpi_type<T>(),

@@ -11,7 +11,8 @@
 // One stream for every NCCL call keeps them in one order on every rank, which NCCL requires.
 // The control values (norms, flags, hashes: a few numbers per step) live on the host and go
 // through a small device scratch buffer with one stream synchronisation; so do broadcasts of host
-// bytes. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group). Under
+// bytes. `reduce_to_host` lets the compute stream write that buffer itself: the gradients' sums
+// of squares go from the kernels through the all-reduce to the host with one wait. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group). Under
 // stream capture the events make the fork and the join a CUDA graph needs.
 //
 //   ncclUniqueId id;                       // rank 0: ncclGetUniqueId(&id); share it out of band
@@ -225,6 +226,19 @@ class NcclCommunicator {
     }
   }
 
+  // `fill` writes the values into the device scratch on the compute stream; the all-reduce and the
+  // copy to the host follow on the communication stream, and the host waits once.
+  template <class Fill>
+  void reduce_to_host(std::span<double> result, ReduceOp op, Fill&& fill) {
+    if (result.empty()) return;
+    auto* scratch = static_cast<double*>(scratch_of(result.size_bytes()));
+    fill(std::span<double>(scratch, result.size()));
+    const cudaStream_t comm_stream = state_->comm_stream;
+    StreamEvent::join(stream_, comm_stream);
+    cuda_check(ncclAllReduce(scratch, scratch, result.size(), ncclFloat64, detail::nccl_op(op), native(), comm_stream));
+    copy_back(result.data(), result.size_bytes());
+  }
+
   template <class T>
   void broadcast(std::span<T> data, int root) {
     if constexpr (std::is_same_v<T, float>) {
@@ -269,19 +283,29 @@ class NcclCommunicator {
   void through_device(std::span<T> data, F&& collective) {
     const std::size_t bytes = data.size_bytes();
     if (bytes == 0) return;
+    void* scratch = scratch_of(bytes);
     const cudaStream_t comm_stream = state_->comm_stream;
+    StreamEvent::join(stream_, comm_stream);  // after the compute stream's work so far, as every call here
+    cuda_check(cudaMemcpyAsync(scratch, data.data(), bytes, cudaMemcpyHostToDevice, comm_stream));
+    collective(scratch, comm_stream);
+    copy_back(data.data(), bytes);
+  }
+
+  // The device scratch, at least `bytes` long. A smaller one is freed: its users waited for their
+  // work (copy_back), and cudaFree waits for the device in any case.
+  void* scratch_of(std::size_t bytes) {
     if (state_->scratch_bytes < bytes) {
-      cuda_check(cudaStreamSynchronize(comm_stream));  // the old scratch may still be in use
       if (state_->scratch) cuda_check(cudaFree(state_->scratch));
       state_->scratch = nullptr;
       state_->scratch_bytes = 0;
       cuda_check(cudaMalloc(&state_->scratch, bytes));
       state_->scratch_bytes = bytes;
     }
-    StreamEvent::join(stream_, comm_stream);  // after the compute stream's work so far, as every call here
-    cuda_check(cudaMemcpyAsync(state_->scratch, data.data(), bytes, cudaMemcpyHostToDevice, comm_stream));
-    collective(state_->scratch, comm_stream);
-    cuda_check(cudaMemcpyAsync(data.data(), state_->scratch, bytes, cudaMemcpyDeviceToHost, comm_stream));
+    return state_->scratch;
+  }
+  void copy_back(void* host, std::size_t bytes) {
+    const cudaStream_t comm_stream = state_->comm_stream;
+    cuda_check(cudaMemcpyAsync(host, state_->scratch, bytes, cudaMemcpyDeviceToHost, comm_stream));
     cuda_check(cudaStreamSynchronize(comm_stream));
   }
 

@@ -425,34 +425,32 @@ class ZeroOptimizer {
   }
 
   // The global squared norm (each element counted once, by its owner) and the first parameter,
-  // in table order, whose mean gradient is not finite on any rank.
+  // in table order, whose mean gradient is not finite on any rank. Every rank gives one sum per
+  // piece of the plan, 0 for another owner's (an empty span), and one all-reduce (sum) brings
+  // every piece's sum to every rank, bit for bit the same (adding zeros is exact); a NaN or Inf
+  // stays one. On a device engine that is the step's one host synchronisation.
   GradientCheck check_owned_gradients() {
-    double sum_squares[] = {0.0};
-    std::int64_t first_bad[] = {static_cast<std::int64_t>(params_.size())};
-    std::vector<std::span<const float>> owned;
-    std::vector<std::size_t> owned_params;
+    std::vector<std::span<const float>> pieces(plan_.pieces.size());
     for (std::size_t b = 0; b < owned_pieces_.size(); ++b)
       for (const std::size_t k : owned_pieces_[b]) {
         const Piece& piece = plan_.pieces[k];
-        owned.push_back(shard(b).subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size)));
-        owned_params.push_back(piece.param);
+        pieces[k] = shard(b).subspan(static_cast<std::size_t>(piece.shard_offset), static_cast<std::size_t>(piece.size));
       }
-    // A device backend sums every piece with one host synchronisation; else one call per piece.
-    std::vector<double> sums;
-    if constexpr (requires { backend_.sum_squares_each(std::span<const std::span<const float>>(owned)); }) {
-      sums = backend_.sum_squares_each(owned);
-    } else {
-      for (const std::span<const float> x : owned) sums.push_back(backend_.sum_squares(x));
+    std::vector<double> sums(pieces.size());
+    comm_.reduce_to_host(std::span<double>(sums), ReduceOp::sum, [&](std::span<double> into) {
+      if constexpr (requires { backend_.sum_squares_each(std::span<const std::span<const float>>(pieces), into); }) {
+        backend_.sum_squares_each(std::span<const std::span<const float>>(pieces), into);
+      } else {
+        for (std::size_t k = 0; k < pieces.size(); ++k) into[k] = backend_.sum_squares(pieces[k]);
+      }
+    });
+    GradientCheck check;
+    std::size_t first_bad = params_.size();
+    for (std::size_t k = 0; k < sums.size(); ++k) {
+      if (std::isfinite(sums[k])) check.sum_squares += sums[k];
+      else first_bad = std::min(first_bad, plan_.pieces[k].param);
     }
-    for (std::size_t i = 0; i < sums.size(); ++i) {
-      if (std::isfinite(sums[i])) sum_squares[0] += sums[i];
-      else first_bad[0] = std::min(first_bad[0], static_cast<std::int64_t>(owned_params[i]));
-    }
-    comm_.all_reduce(std::span<double>(sum_squares), ReduceOp::sum);
-    comm_.all_reduce(std::span<std::int64_t>(first_bad), ReduceOp::min);
-    GradientCheck check{sum_squares[0], {}};
-    if (first_bad[0] < static_cast<std::int64_t>(params_.size()))
-      check.non_finite = params_[static_cast<std::size_t>(first_bad[0])].name;
+    if (first_bad < params_.size()) check.non_finite = params_[first_bad].name;
     return check;
   }
 

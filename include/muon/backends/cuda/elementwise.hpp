@@ -1,9 +1,8 @@
 // muon/backends/cuda/elementwise.hpp: the CUDA backend's operations that are not products:
-// axpby, update, momentum, normalize, copy_each, sum_squares, sum_squares_each, flag_non_finite, and the
-// conversions and copies the products use. Each enqueues kernels (kernels/elementwise.cuh,
-// kernels/norms.cuh) on the context's stream; only the two sums synchronise the host (they return
-// values). Internal
-// (namespace detail): CudaBackend's members of the same names forward here.
+// axpby, update, momentum, normalize, copy_each, sum_squares, sum_squares_each, flag_non_finite, and
+// the conversions and copies the products use. Each enqueues kernels (kernels/elementwise.cuh,
+// kernels/norms.cuh) on the context's stream; only the sums that return values to the host wait
+// for the device. Internal (namespace detail): CudaBackend's members of the same names forward here.
 //
 //   detail::axpby(ctx, 1.0f, x, 0.0f, y);  // y ← x
 #pragma once
@@ -135,10 +134,11 @@ inline void copy_each(Context& ctx, std::span<const std::pair<std::span<const fl
   }
 }
 
-// Σ x² in double of each span, with one host synchronisation for all of them: multi-tensor
-// kernels (kernels/norms.cuh) write the partial sums and then one sum per span, copied back at
-// once. Gradient checks use it (cuda_gradients.hpp; ZeRO-1's owned pieces, zero1.hpp).
-[[nodiscard]] inline std::vector<double> sum_squares_each(Context& ctx, std::span<const std::span<const float>> xs) {
+// sums[i] ← Σ x² in double of span i, on the device, without waiting: multi-tensor kernels
+// (kernels/norms.cuh) write the partial sums into the scratch arena, then one sum per span (0 for
+// an empty one) into `sums`, or after the partial sums when `sums` is null. Returns where the
+// sums are.
+inline double* enqueue_sum_squares_each(Context& ctx, std::span<const std::span<const float>> xs, double* sums) {
   std::vector<kernels::SumSquaresTensor> tensors;
   tensors.reserve(xs.size());
   for (const std::span<const float> x : xs) tensors.push_back({x.data(), static_cast<std::int64_t>(x.size())});
@@ -146,12 +146,13 @@ inline void copy_each(Context& ctx, std::span<const std::pair<std::span<const fl
       std::span<const kernels::SumSquaresTensor>(tensors), kernels::kSumSquaresChunk);
   std::int64_t partials = 0;  // blocks over all launches: the partial sums laid end to end
   for (const auto& l : launches) partials += l.blocks();
+  const std::int64_t in_scratch = sums == nullptr ? static_cast<std::int64_t>(xs.size()) : 0;
   Carver measure;
   (void)measure.take<double>(partials);
-  (void)measure.take<double>(static_cast<std::int64_t>(xs.size()));
+  (void)measure.take<double>(in_scratch);
   Carver carve(static_cast<char*>(ctx.scratch_of(measure.bytes())));
   double* partial = carve.take<double>(partials);
-  double* sums = carve.take<double>(static_cast<std::int64_t>(xs.size()));
+  if (sums == nullptr) sums = carve.take<double>(in_scratch);
   std::int64_t offset = 0;
   for (std::size_t g = 0; g < launches.size(); ++g) {
     const kernels::SumSquaresLaunch& l = launches[g];
@@ -167,11 +168,16 @@ inline void copy_each(Context& ctx, std::span<const std::pair<std::span<const fl
     cuda_check(cudaGetLastError());
     offset += blocks;
   }
+  return sums;
+}
+
+// The same sums on the host, with one host synchronisation for all of them (cuda_gradients.hpp).
+[[nodiscard]] inline std::vector<double> sum_squares_each(Context& ctx, std::span<const std::span<const float>> xs) {
   std::vector<double> host(xs.size());
-  if (!host.empty()) {
-    cuda_check(cudaMemcpyAsync(host.data(), sums, host.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
-    cuda_check(cudaStreamSynchronize(ctx.stream));
-  }
+  if (host.empty()) return host;
+  const double* sums = enqueue_sum_squares_each(ctx, xs, nullptr);
+  cuda_check(cudaMemcpyAsync(host.data(), sums, host.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx.stream));
+  cuda_check(cudaStreamSynchronize(ctx.stream));
   return host;
 }
 
