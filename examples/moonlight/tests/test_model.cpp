@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include "fixtures.hpp"
+#include "moonlight/backward.hpp"
 #include "moonlight/generate.hpp"
 #include "moonlight/model.hpp"
 #include "moonlight/utf8_stream.hpp"
@@ -227,4 +228,31 @@ TEST_CASE("tie_word_embeddings: no lm_head tensor, the embedding serves as the h
   const Matrix a = Model(tied_config, std::move(tied)).forward(ids);
   const Matrix b = Model(untied.config(), std::move(head_is_embedding)).forward(ids);
   CHECK(a == b);  // the same operations on the same values: bitwise equal
+}
+
+TEST_CASE("one set of layers: the evaluation loss, the training loss and the inference logits agree") {
+  for (const char* name : kModels) {
+    const Model model = Model::load(fixture(name));
+    const moonlight::Config& c = model.config();
+    std::vector<std::int32_t> ids;
+    for (std::int32_t t = 0; t < 12; ++t) ids.push_back((t * 37 + 5) % static_cast<std::int32_t>(c.vocab_size));
+    const std::span<const std::int32_t> inputs(ids.data(), ids.size() - 1), targets(ids.data() + 1, ids.size() - 1);
+    std::vector<float> grads(model.weights().data().size(), 0.0f);
+    const float trained = moonlight::loss_and_gradients(model, inputs, targets, grads);
+    const float evaluated =
+        moonlight::forward_loss<float>(c, model.weights(), model.weights().data(), inputs, targets);
+    // The same layers run without tapes: the same operations in the same order, bit for bit.
+    CHECK(evaluated == trained);
+    // The cross-entropy of the inference logits (its own KV cache, decompressed) agrees to float
+    // rounding of the sum: the cache changes only where the latent rows are read from.
+    Matrix logits = model.forward(inputs);
+    double expected = 0.0;
+    for (Eigen::Index t = 0; t < logits.rows(); ++t) {
+      const double m = logits.row(t).maxCoeff();
+      double z = 0.0;
+      for (Eigen::Index v = 0; v < logits.cols(); ++v) z += std::exp(double{logits(t, v)} - m);
+      expected -= double{logits(t, targets[static_cast<std::size_t>(t)])} - m - std::log(z);
+    }
+    CHECK(evaluated == doctest::Approx(expected / static_cast<double>(logits.rows())).epsilon(1e-6));
+  }
 }

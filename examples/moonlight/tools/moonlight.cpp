@@ -7,7 +7,8 @@
 //   moonlight chat --model DIR
 //
 // DIR is a Hugging Face checkpoint directory: config.json, model.safetensors (or shards with
-// model.safetensors.index.json) in F32/BF16/F16, tiktoken.model and tokenizer_config.json; or a
+// model.safetensors.index.json) in F32/BF16/F16, read in place from the memory-mapped files
+// (Model::map: resident memory about the checkpoint's size), tiktoken.model and tokenizer_config.json; or a
 // checkpoint `train` wrote (or its run directory), which is verified against its manifest first.
 // `generate` encodes the prompt as is (special-token strings become their ids, as Moonlight's
 // tokenizer does); `chat` renders the conversation with the Instruct chat template. Both stream
@@ -52,7 +53,7 @@ Loaded load(const std::filesystem::path& path) {
     std::fprintf(stderr, "moonlight: note: '%s' has no checkpoint manifest (a plain Hugging Face directory); "
                  "its files are read without checksum verification\n", path.c_str());
   }
-  Loaded out{moonlight::Model::load(dir), moonlight::Tokenizer::load_dir(dir), {}};
+  Loaded out{moonlight::Model::map(dir), moonlight::Tokenizer::load_dir(dir), {}};
   out.stop_ids = out.model.config().eos_token_ids;
   if (const auto eos = out.tokenizer.eos_id()) out.stop_ids.push_back(*eos);
   return out;

@@ -188,9 +188,17 @@ class Trainer {
     if (n == 0) return std::nullopt;
     std::vector<std::span<const std::int32_t>> sequences;
     for (std::int64_t i = rank(); i < n; i += world()) sequences.push_back(data_.val(i));
-    double sums[] = {run_sequences(sequences, nullptr).loss_sum};
+    // Forward only; one loss per sequence, added in order: the same sum for any thread count.
+    std::vector<double> losses(sequences.size());
+    const std::span<const float> values = weights_.data();
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < sequences.size(); ++i) {
+      const std::span<const std::int32_t> s = sequences[i];
+      losses[i] = forward_loss<float>(run_.model, weights_, values, s.first(s.size() - 1), s.subspan(1));
+    }
+    double sums[] = {0.0};
+    for (const double l : losses) sums[0] += l;
     optimizer_.communicator().all_reduce(std::span<double>(sums), muon::distributed::ReduceOp::sum);
-    std::ranges::fill(grads_, 0.0f);
     return sums[0] / static_cast<double>(n);
   }
 
@@ -206,7 +214,7 @@ class Trainer {
       std::vector<std::span<const std::int32_t>> sequences;
       const std::int64_t first = ((step() * o.grad_accum + a) * world() + rank()) * o.micro_batch;
       for (std::int64_t j = 0; j < o.micro_batch; ++j) sequences.push_back(data_.train(order_.at(first + j)));
-      const PassResult r = run_sequences(sequences, &load_);
+      const PassResult r = run_sequences(sequences, load_);
       pass.loss_sum += r.loss_sum;
       pass.aux_sum += r.aux_sum;
     }
@@ -265,9 +273,8 @@ class Trainer {
   [[nodiscard]] bool rank0() { return rank() == 0; }
 
   // Forward and backward over `sequences`, split statically over the threads; gradients land in
-  // grads_ (summed, in thread order), expert loads in *load when given. Without `load` (the
-  // validation pass) the gradients are scratch: the caller clears them.
-  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad* load) {
+  // grads_ (summed, in thread order), expert loads into `load`.
+  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad& load) {
     int threads = 1;
 #ifdef _OPENMP
     threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(sequences.size())));
@@ -303,9 +310,8 @@ class Trainer {
       total.aux_sum += results[t].aux_sum;
       if (t > 0)
         for (std::size_t k = 0; k < grads_.size(); ++k) grads_[k] += thread_grads_[t - 1][k];
-      if (load != nullptr)
-        for (std::size_t l = 0; l < load->tokens.size(); ++l)
-          for (std::size_t e = 0; e < load->tokens[l].size(); ++e) load->tokens[l][e] += loads[t].tokens[l][e];
+      for (std::size_t l = 0; l < load.tokens.size(); ++l)
+        for (std::size_t e = 0; e < load.tokens[l].size(); ++e) load.tokens[l][e] += loads[t].tokens[l][e];
     }
     return total;
   }

@@ -23,6 +23,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -236,18 +237,31 @@ inline CheckpointFiles open_checkpoint(const std::filesystem::path& dir) {
 
 }  // namespace detail
 
-inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) {
+namespace detail {
+
+// Where a checkpoint keeps one tensor of the layout.
+struct LocatedTensor {
+  const muon::safetensors::File* file;
+  const muon::safetensors::TensorInfo* info;
+};
+
+// Every tensor of `specs` in the checkpoint `ckpt` read from `dir`, in spec order: each present
+// once, with its exact shape and a floating-point dtype, and no other tensor present; else a
+// muon::FileError naming the tensor and the file.
+inline std::vector<LocatedTensor> locate_tensors(const CheckpointFiles& ckpt, const std::filesystem::path& dir,
+                                                 std::span<const TensorSpec> specs) {
   namespace st = muon::safetensors;
-  Weights w(c);
-  detail::CheckpointFiles ckpt = detail::open_checkpoint(dir);
+  std::set<std::string_view> expected;
+  for (const TensorSpec& t : specs) expected.insert(t.name);
   for (const auto& [tensor, file_name] : ckpt.file_of) {
-    if (!w.contains(tensor)) {
+    if (!expected.contains(tensor)) {
       throw muon::FileError("unexpected tensor '" + tensor + "' in '" + (dir / file_name).string() +
                             "': the config implies no such tensor (check num_hidden_layers, n_routed_experts, "
                             "q_lora_rank, first_k_dense_replace, tie_word_embeddings)");
     }
   }
-  for (const TensorSpec& t : w.specs_) {
+  std::vector<LocatedTensor> out;
+  for (const TensorSpec& t : specs) {
     const auto where = ckpt.file_of.find(t.name);
     if (where == ckpt.file_of.end()) {
       throw muon::FileError("tensor '" + t.name + "' is missing from checkpoint '" + dir.string() + "'");
@@ -267,8 +281,20 @@ inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) 
       throw muon::FileError("tensor '" + t.name + "' in '" + file.path().string() + "' has dtype " +
                             std::string(st::dtype_name(dt)) + "; weights must be F32, BF16, F16 or F64");
     }
-    const std::vector<float> values = file.to_float(t.name);
-    std::copy(values.begin(), values.end(), w.data_.begin() + static_cast<std::ptrdiff_t>(t.offset));
+    out.push_back({&file, &info});
+  }
+  return out;
+}
+
+}  // namespace detail
+
+inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) {
+  Weights w(c);
+  const detail::CheckpointFiles ckpt = detail::open_checkpoint(dir);
+  const std::vector<detail::LocatedTensor> located = detail::locate_tensors(ckpt, dir, w.specs_);
+  for (std::size_t i = 0; i < w.specs_.size(); ++i) {
+    const std::vector<float> values = located[i].file->to_float(w.specs_[i].name);
+    std::copy(values.begin(), values.end(), w.data_.begin() + static_cast<std::ptrdiff_t>(w.specs_[i].offset));
   }
   return w;
 }
