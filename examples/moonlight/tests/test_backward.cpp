@@ -210,6 +210,163 @@ TEST_CASE("the sequence-wise balance loss: finite differences, its value, and α
   CHECK(value == doctest::Approx(0.25 * 2).epsilon(1e-12));  // two MoE layers
 }
 
+// With every o_proj and down_proj (dense, routed and shared experts) zero, attention and MLP add
+// exactly 0 to the residual stream, so every layer's hidden state is the embedding row: each MoE
+// router sees RMSNorm_post(embedding), and the objective has a closed form that this test computes
+// on its own (docs/moonlight-architecture.md §6):
+//   s_{t,i} = sigmoid(gate_i · x̂_t), top-K_r of s + bias (n_group = 1), f_i = N_r/(K_r·T)·count_i,
+//   P_i = (1/T)·Σ_t s_{t,i}/Z_t with Z_t = Σ_j s_{t,j}, L_Bal = Σ_i f_i·P_i,
+//   objective = CE(lm_head(RMSNorm_final(embedding))) + α·Σ_layers L_Bal.
+// The cross-entropy reaches a router only through routing weight × expert output, and every expert
+// output is 0 here, so the router's gradient is the balance loss's alone (checked: with α = 0 it is
+// exactly 0). With f constant (the selection has no gradient),
+//   d(α·L_Bal)/dz_{t,i} = α/T · s_{t,i}(1 − s_{t,i}) · (f_i·Z_t − Σ_j f_j·s_{t,j}) / Z_t²,
+// and d/dgate_i = Σ_t (that) · x̂_t.
+TEST_CASE("with every block's output zeroed, the objective and the router gradient equal the balance loss's formula") {
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  const moonlight::Config& c = model.config();
+  REQUIRE(c.n_group == 1);  // plain top-k over s + bias, reproduced below
+  const moonlight::Weights& layout = model.weights();
+  std::vector<double> values = widened(layout.data());
+  std::size_t zeroed = 0;
+  for (const moonlight::TensorSpec& t : layout.tensors()) {
+    if (t.name.ends_with("o_proj.weight") || t.name.ends_with("down_proj.weight")) {
+      std::fill_n(values.begin() + static_cast<std::ptrdiff_t>(t.offset), muon::numel(t.shape), 0.0);
+      ++zeroed;
+    }
+  }
+  // Per layer: o_proj; layer 0's dense down_proj; each MoE layer's 8 experts' and the shared one.
+  REQUIRE(zeroed == 3 + 1 + 2 * (8 + 1));
+  const auto tensor = [&](const std::string& name) { return values.data() + layout.spec(name).offset; };
+
+  const Batch batch = fixture_batch(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"));
+  const auto T = static_cast<std::int64_t>(batch.inputs.size());
+  const std::int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, V = c.vocab_size;
+  const double alpha = 0.5;  // far above Moonlight's 1e-3, so the balance loss weighs in the objective
+
+  std::vector<double> grads(values.size(), 0.0);
+  moonlight::ExpertLoad load;
+  double value = -1.0;
+  const double objective = moonlight::loss_and_gradients<double>(c, layout, values, batch.inputs, batch.targets, grads,
+                                                                 &load, {.alpha = alpha, .value = &value});
+
+  // w ⊙ x / sqrt(mean(x²) + eps), of the embedding row of token t.
+  const double* embed = tensor("model.embed_tokens.weight");
+  const auto normed = [&](const std::string& weight, std::int64_t t) {
+    const double* w = tensor(weight);
+    const double* x = embed + static_cast<std::int64_t>(batch.inputs[static_cast<std::size_t>(t)]) * D;
+    double sum_sq = 0.0;
+    for (std::int64_t d = 0; d < D; ++d) sum_sq += x[d] * x[d];
+    const double inv = 1.0 / std::sqrt(sum_sq / static_cast<double>(D) + c.rms_norm_eps);
+    std::vector<double> y(static_cast<std::size_t>(D));
+    for (std::int64_t d = 0; d < D; ++d) y[d] = w[d] * (x[d] * inv);
+    return y;
+  };
+
+  double cross_entropy = 0.0;
+  const double* head = tensor("lm_head.weight");
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::vector<double> x = normed("model.norm.weight", t);
+    std::vector<double> logits(static_cast<std::size_t>(V), 0.0);
+    for (std::int64_t v = 0; v < V; ++v) {
+      for (std::int64_t d = 0; d < D; ++d) logits[v] += head[v * D + d] * x[d];
+    }
+    const double m = *std::max_element(logits.begin(), logits.end());
+    double sum = 0.0;
+    for (const double z : logits) sum += std::exp(z - m);
+    cross_entropy += m + std::log(sum) - logits[batch.targets[static_cast<std::size_t>(t)]];
+  }
+  cross_entropy /= static_cast<double>(T);
+
+  double balance = 0.0;  // Σ_layers L_Bal
+  std::size_t moe_layers = 0;
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    CAPTURE(l);
+    ++moe_layers;
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const double* gate = tensor(p + "mlp.gate.weight");
+    const double* bias = tensor(p + "mlp.gate.e_score_correction_bias");
+    std::vector<std::vector<double>> x, s;
+    std::vector<std::int64_t> count(static_cast<std::size_t>(E), 0);
+    for (std::int64_t t = 0; t < T; ++t) {
+      x.push_back(normed(p + "post_attention_layernorm.weight", t));
+      std::vector<double>& st = s.emplace_back(static_cast<std::size_t>(E));
+      for (std::int64_t e = 0; e < E; ++e) {
+        double z = 0.0;
+        for (std::int64_t d = 0; d < D; ++d) z += gate[e * D + d] * x.back()[d];
+        st[e] = 1.0 / (1.0 + std::exp(-z));
+      }
+      std::vector<std::int64_t> order(static_cast<std::size_t>(E));
+      for (std::int64_t e = 0; e < E; ++e) order[e] = e;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](std::int64_t a, std::int64_t b) { return st[a] + bias[a] > st[b] + bias[b]; });
+      for (std::int64_t j = 0; j < K; ++j) ++count[order[j]];
+    }
+    // The selection above is the pass's own (a near-tie decided differently would show here).
+    REQUIRE(load.tokens.size() == static_cast<std::size_t>(c.num_hidden_layers));
+    CHECK(load.tokens[l] == count);
+
+    std::vector<double> f(static_cast<std::size_t>(E));
+    for (std::int64_t e = 0; e < E; ++e) {
+      f[e] = static_cast<double>(E) * static_cast<double>(count[e]) / (static_cast<double>(K) * static_cast<double>(T));
+    }
+    std::vector<double> P(static_cast<std::size_t>(E), 0.0);
+    std::vector<double> dgate(static_cast<std::size_t>(E * D), 0.0);  // d(α·L_Bal)/d gate
+    for (std::int64_t t = 0; t < T; ++t) {
+      double Z = 0.0, fs = 0.0;
+      for (std::int64_t e = 0; e < E; ++e) {
+        Z += s[t][e];
+        fs += f[e] * s[t][e];
+      }
+      for (std::int64_t e = 0; e < E; ++e) {
+        P[e] += s[t][e] / Z / static_cast<double>(T);
+        const double dz =
+            alpha / static_cast<double>(T) * s[t][e] * (1.0 - s[t][e]) * (f[e] * Z - fs) / (Z * Z);
+        for (std::int64_t d = 0; d < D; ++d) dgate[e * D + d] += dz * x[t][d];
+      }
+    }
+    double layer_balance = 0.0;
+    for (std::int64_t e = 0; e < E; ++e) layer_balance += f[e] * P[e];
+    balance += layer_balance;
+
+    // Against the tensor's largest entry: each entry is a sum over the T tokens of terms of both
+    // signs (f_i·Z_t − Σ_j f_j·s_{t,j} changes sign with i), so a small entry can be the remainder
+    // of a cancellation and carry the rounding of its larger terms; a bound relative to each entry
+    // would not be honest. Measured: 6e-16 of the largest; 1e-13 leaves room for other summation
+    // orders (the pass multiplies dlogitsᵀ·x̂ as a matrix product); a wrong term is O(1) of it.
+    const double* g = grads.data() + layout.spec(p + "mlp.gate.weight").offset;
+    double scale = 0.0, err = 0.0;
+    for (std::size_t i = 0; i < dgate.size(); ++i) {
+      scale = std::max(scale, std::abs(dgate[i]));
+      err = std::max(err, std::abs(g[i] - dgate[i]));
+    }
+    CHECK(scale > 0.0);
+    CHECK(err <= 1e-13 * scale);
+  }
+  REQUIRE(moe_layers == 2);
+
+  // Same formulas, summed in other orders (Eigen's vectorised reductions and products against the
+  // plain loops above), so agreement to the last bit is not owed: one ulp of α·L_Bal ≈ 1.02 is
+  // already 2.2e-16 relative, above 2e-16. Worst-case rounding bounds for sums of n terms are n·u
+  // (u = 1.1e-16, n ≤ 300 here: ~3e-14); rounding errors add up like a random walk (~√n·u) in
+  // practice. Measured: α·L_Bal off by 1 ulp, the objective bit-identical. 1e-14 (~45 ulp) leaves
+  // room for another vector width or summation order (the sanitizer build, a rewrite of the pass);
+  // a wrong term (dropping 1/Z, 1/T or K_r from f) moves either value by 10% or more.
+  CHECK(std::abs(value - alpha * balance) <= 1e-14 * alpha * balance);
+  CHECK(std::abs(objective - (cross_entropy + alpha * balance)) <= 1e-14 * objective);
+
+  // The reasoning above: without the balance loss, no gradient reaches the routers at all.
+  std::vector<double> plain(values.size(), 0.0);
+  (void)moonlight::loss_and_gradients<double>(c, layout, values, batch.inputs, batch.targets, plain);
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    const moonlight::TensorSpec& t = layout.spec("model.layers." + std::to_string(l) + ".mlp.gate.weight");
+    const double* g = plain.data() + t.offset;
+    CHECK(std::all_of(g, g + muon::numel(t.shape), [](double v) { return v == 0.0; }));
+  }
+}
+
 TEST_CASE("the aux-loss-free rule raises underloaded experts' bias, lowers overloaded ones', keeps the sum") {
   const Model model = Model::load(fixture("tiny_moonlight"));
   const moonlight::Config& c = model.config();
