@@ -120,7 +120,7 @@ TEST_CASE("init refuses an output directory that is not empty, and fills an empt
   ScratchDir dir("init_refuse");
   std::ofstream(dir.path / "keep.txt") << "mine";
   CHECK_THROWS_WITH_AS(moonlight::init_checkpoint(dir.path, tiny(), 1),
-                       contains("output directory '" + dir.path.string() + "' exists and is not empty"),
+                       contains("output directory '" + dir.path.string() + "' exists and is not an empty directory"),
                        muon::InvalidArgument);
   CHECK(std::filesystem::exists(dir.path / "keep.txt"));
   std::filesystem::create_directory(dir.path / "empty");

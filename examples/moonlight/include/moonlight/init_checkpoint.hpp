@@ -67,7 +67,7 @@ inline void init_checkpoint(const std::filesystem::path& dir, const Config& c, s
   namespace fs = std::filesystem;
   if (fs::exists(dir) && !(fs::is_directory(dir) && fs::is_empty(dir))) {
     throw muon::InvalidArgument("output directory '" + dir.string() +
-                                "' exists and is not empty; choose a new directory or remove it");
+                                "' exists and is not an empty directory; choose another directory or remove it");
   }
   fs::path target = fs::absolute(dir).lexically_normal();
   if (!target.has_filename()) target = target.parent_path();  // "out/"

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -304,10 +305,12 @@ inline std::vector<std::byte> encode(std::span<const float> v, SaveDType dtype) 
     const auto bytes = std::as_bytes(v);
     return {bytes.begin(), bytes.end()};
   }
-  std::vector<std::uint16_t> half(v.size());
-  for (std::size_t k = 0; k < v.size(); ++k) half[k] = dtype == SaveDType::bf16 ? float_to_bf16(v[k]) : float_to_f16(v[k]);
-  const auto bytes = std::as_bytes(std::span<const std::uint16_t>(half));
-  return {bytes.begin(), bytes.end()};
+  std::vector<std::byte> out(2 * v.size());
+  for (std::size_t k = 0; k < v.size(); ++k) {
+    const std::uint16_t half = dtype == SaveDType::bf16 ? float_to_bf16(v[k]) : float_to_f16(v[k]);
+    std::memcpy(out.data() + 2 * k, &half, 2);  // native order is little-endian (safetensors.hpp)
+  }
+  return out;
 }
 
 }  // namespace detail
