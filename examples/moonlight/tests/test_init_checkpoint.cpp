@@ -129,3 +129,15 @@ TEST_CASE("init refuses an output directory that is not empty, and fills an empt
   // Nothing but the checkpoint is left beside it (the temporary directory was renamed).
   CHECK(std::distance(std::filesystem::directory_iterator(dir.path), {}) == 2);
 }
+
+TEST_CASE("an initializer_range that is not a non-negative number is a ConfigError naming it") {
+  ScratchDir dir("init_range");
+  nlohmann::json j = tiny().json;
+  j["initializer_range"] = "0.02";
+  CHECK_THROWS_WITH_AS(moonlight::init_checkpoint(dir.path / "a", Config::from_json(j), 1),
+                       contains("config field 'initializer_range'"), moonlight::ConfigError);
+  j["initializer_range"] = -1.0;
+  CHECK_THROWS_WITH_AS(moonlight::init_checkpoint(dir.path / "b", Config::from_json(j), 1),
+                       contains("config field 'initializer_range': is -1"), moonlight::ConfigError);
+  CHECK(std::filesystem::is_empty(dir.path));  // no checkpoint, no temporary directory left
+}

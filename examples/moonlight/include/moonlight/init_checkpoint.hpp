@@ -39,7 +39,8 @@ inline void initial_values(const Config& c, std::uint64_t seed, std::size_t inde
     std::ranges::fill(out, t.role == muon::Role::norm ? 1.0f : 0.0f);
     return;
   }
-  const double std_dev = c.json.value("initializer_range", 0.02);
+  const double std_dev = detail::float_field(c.json, "initializer_range", 0.02);
+  if (!(std_dev >= 0.0)) throw ConfigError("initializer_range", "is " + std::to_string(std_dev) + "; it must be >= 0");
   const auto blocks = static_cast<std::int64_t>((out.size() + kInitBlock - 1) / kInitBlock);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t b = 0; b < blocks; ++b) {
