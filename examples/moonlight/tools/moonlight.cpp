@@ -3,6 +3,8 @@
 //   moonlight train --config configs/tiny.json --data corpus/ --out runs/tiny   (train_command.hpp)
 //   moonlight tokenize --data corpus/ --out corpus.bin
 //   moonlight compare --baseline runs/adamw --runs runs/muon --plot study.png  (compare_command.hpp)
+//   moonlight info --config configs/moonlight-16b-a3b.json                     (info_command.hpp)
+//   moonlight init --config configs/tiny.json --dtype bf16 --seed 1 --out DIR  (init_command.hpp)
 //   moonlight generate --model DIR --prompt "Once upon a time" --max-new-tokens 64 --temperature 0.7 --seed 1
 //   moonlight chat --model DIR
 //
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,6 +35,8 @@
 #include <moonlight/train_options.hpp>
 
 #include "compare_command.hpp"
+#include "info_command.hpp"
+#include "init_command.hpp"
 #include "schema_flags.hpp"
 #include "train_command.hpp"
 
@@ -133,11 +138,33 @@ int main(int argc, char** argv) {
   compare->add_option("--baseline", baseline, "run directory whose final validation loss is the target")->required();
   compare->add_option("--runs", compare_runs, "run directories to compare")->required();
   compare->add_option("--plot", compare_plot, "PNG of all validation curves");
+
+  std::filesystem::path info_config;
+  CLI::App* info = app.add_subcommand("info", "parameter counts, tensor count and checkpoint size of a config");
+  info->add_option("--config", info_config, "Hugging Face config.json, or a run config")->required()->check(CLI::ExistingFile);
+
+  moonlight::cli::InitArgs init_args;
+  CLI::App* init = app.add_subcommand("init", "write a Hugging Face checkpoint of randomly initialised weights");
+  init->add_option("--config", init_args.config, "Hugging Face config.json, or a run config")->required()->check(CLI::ExistingFile);
+  const std::map<std::string, moonlight::SaveDType> dtypes{
+      {"bf16", moonlight::SaveDType::bf16}, {"f16", moonlight::SaveDType::f16}, {"f32", moonlight::SaveDType::f32}};
+  std::string init_dtype = "bf16";
+  init->add_option("--dtype", init_dtype, "dtype of the tensors: bf16, f16 or f32")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}))->capture_default_str();
+  init->add_option("--seed", init_args.seed, "random seed of the weights")->capture_default_str();
+  init->add_option("--out", init_args.out, "checkpoint directory to create (must not exist, or be empty)")->required();
+  init->add_option("--max-shard-bytes", init_args.max_shard_bytes, "largest safetensors shard")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (train->parsed()) return moonlight::cli::train_dispatch(train_args, argc, argv);
     if (compare->parsed()) return moonlight::cli::compare(baseline, compare_runs, compare_plot);
+    if (info->parsed()) return moonlight::cli::info(info_config);
+    if (init->parsed()) {
+      init_args.dtype = dtypes.at(init_dtype);
+      return moonlight::cli::init(init_args);
+    }
     if (tokenize->parsed()) return moonlight::cli::tokenize(tokenizer_file, tokenize_data, tokenize_separator, tokenize_out);
     sampling.validate();
     const Loaded m = load(model_dir);

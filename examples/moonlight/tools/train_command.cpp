@@ -19,6 +19,7 @@
 //     then calls MPI_Abort: the others may be waiting for it in a collective, where MPI_Finalize
 //     would wait forever, so the whole job ends, non-zero.
 #include "train_command.hpp"
+#include "info_command.hpp"
 #include "loss_curves.hpp"
 #include "rank_agreement.hpp"
 
@@ -133,8 +134,8 @@ int train(const TrainArgs& args, C comm) {
   if (checkpoint) trainer.resume(*checkpoint);
   const TrainOptions& o = trainer.run().training;
   if (rank0) {
-    std::printf("model: %lld parameters; %s, lr %.3g, %lld steps of %lld tokens%s\n",
-                static_cast<long long>(trainer.weights().data().size()),
+    std::printf("model: %s; %s, lr %.3g, %lld steps of %lld tokens%s\n",
+                parameter_summary(count_parameters(trainer.run().model)).c_str(),
                 std::string(muon::enum_name(o.optimizer)).c_str(), trainer.run().muon.lr,
                 static_cast<long long>(o.steps), static_cast<long long>(trainer.tokens_per_step()),
                 checkpoint ? (", resumed at step " + std::to_string(trainer.step())).c_str() : "");

@@ -15,10 +15,13 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -93,7 +96,7 @@ inline std::vector<TensorSpec> tensor_layout(const Config& c) {
   return out;
 }
 
-enum class SaveDType { f32, bf16 };
+enum class SaveDType { f32, bf16, f16 };
 
 struct SaveOptions {
   SaveDType dtype = SaveDType::f32;
@@ -106,6 +109,29 @@ inline std::uint16_t float_to_bf16(float f) {
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
   return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
+
+// fp32 → IEEE half, round to nearest even; beyond 65504 it is ±inf, NaN stays NaN.
+inline std::uint16_t float_to_f16(float f) {
+  const auto bits = std::bit_cast<std::uint32_t>(f);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t abs = bits & 0x7fffffffu;
+  if (abs > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);
+  if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // from 65520, halfway to 2^16
+  if (abs < 0x38800000u) {  // below 2^-14: a subnormal, in units of 2^-24 (exact scaling, rint is RNE)
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::nearbyint(std::bit_cast<float>(abs) * 16777216.0f)));
+  }
+  const std::uint32_t rebiased = abs - 0x38000000u;  // exponent bias 127 → 15
+  return static_cast<std::uint16_t>(sign | ((rebiased + 0xfffu + ((rebiased >> 13) & 1u)) >> 13));
+}
+
+// Writes a Hugging Face checkpoint of `c`'s tensors (tensor_layout order) to `dir`: config.json
+// and one model.safetensors, or model-0000i-of-0000n.safetensors shards plus
+// model.safetensors.index.json when the tensors exceed max_shard_bytes. `fill(i, t, out)` writes
+// the fp32 values of the i-th tensor `t`; it is called shard by shard, and a shard's bytes are
+// freed once written, so the model is never in memory whole. Each file is replaced atomically
+// (muon/io/atomic_file.hpp); the index and config come last.
+inline void write_checkpoint(const std::filesystem::path& dir, const Config& c, const SaveOptions& options,
+                             const std::function<void(std::size_t, const TensorSpec&, std::span<float>)>& fill);
 
 class Weights {
  public:
@@ -131,10 +157,8 @@ class Weights {
   // Reads a Hugging Face checkpoint directory (see the header comment).
   static Weights load(const std::filesystem::path& dir, const Config& c);
 
-  // Writes config.json and the tensors as a checkpoint transformers loads with from_pretrained:
-  // one model.safetensors, or model-0000i-of-0000n.safetensors shards plus
-  // model.safetensors.index.json when the tensors exceed max_shard_bytes. Each file is replaced
-  // atomically (muon/io/atomic_file.hpp); the index and config come last.
+  // Writes config.json and the tensors as a checkpoint transformers loads with from_pretrained
+  // (write_checkpoint).
   void save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options = {}) const;
 
   [[nodiscard]] const std::vector<TensorSpec>& tensors() const { return specs_; }
@@ -299,23 +323,42 @@ inline Weights Weights::load(const std::filesystem::path& dir, const Config& c) 
   return w;
 }
 
-inline void Weights::save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options) const {
+namespace detail {
+
+// fp32 values as `dtype`'s little-endian bytes.
+inline std::vector<std::byte> encode(std::span<const float> v, SaveDType dtype) {
+  if (dtype == SaveDType::f32) {
+    const auto bytes = std::as_bytes(v);
+    return {bytes.begin(), bytes.end()};
+  }
+  std::vector<std::byte> out(2 * v.size());
+  for (std::size_t k = 0; k < v.size(); ++k) {
+    const std::uint16_t half = dtype == SaveDType::bf16 ? float_to_bf16(v[k]) : float_to_f16(v[k]);
+    std::memcpy(out.data() + 2 * k, &half, 2);  // native order is little-endian (safetensors.hpp)
+  }
+  return out;
+}
+
+}  // namespace detail
+
+inline void write_checkpoint(const std::filesystem::path& dir, const Config& c, const SaveOptions& options,
+                             const std::function<void(std::size_t, const TensorSpec&, std::span<float>)>& fill) {
   namespace st = muon::safetensors;
   std::filesystem::create_directories(dir);
-  const bool bf16 = options.dtype == SaveDType::bf16;
-  const std::size_t element_bytes = bf16 ? 2 : 4;
+  const std::vector<TensorSpec> specs = tensor_layout(c);
+  const std::size_t element_bytes = options.dtype == SaveDType::f32 ? 4 : 2;
 
   // Split the tensors, in layout order, into shards of at most max_shard_bytes (a tensor larger
   // than that gets a shard of its own, as in transformers).
-  std::vector<std::vector<const TensorSpec*>> shards(1);
+  std::vector<std::vector<std::size_t>> shards(1);
   std::uint64_t shard_bytes = 0, total_bytes = 0;
-  for (const TensorSpec& t : specs_) {
-    const std::uint64_t bytes = static_cast<std::uint64_t>(muon::numel(t.shape)) * element_bytes;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const std::uint64_t bytes = static_cast<std::uint64_t>(muon::numel(specs[i].shape)) * element_bytes;
     if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
     }
-    shards.back().push_back(&t);
+    shards.back().push_back(i);
     shard_bytes += bytes;
     total_bytes += bytes;
   }
@@ -326,23 +369,25 @@ inline void Weights::save(const std::filesystem::path& dir, const Config& c, con
     std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
     return std::string(buf);
   };
+  const st::DType dtype = options.dtype == SaveDType::f32 ? st::DType::F32
+                          : options.dtype == SaveDType::bf16 ? st::DType::BF16
+                                                             : st::DType::F16;
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  for (std::size_t i = 0; i < shards.size(); ++i) {
-    std::vector<std::vector<std::uint16_t>> converted;  // keeps bf16 copies alive until written
+  std::vector<float> values;
+  for (std::size_t s = 0; s < shards.size(); ++s) {
+    std::vector<std::vector<std::byte>> encoded;  // this shard's bytes, freed before the next shard
+    encoded.reserve(shards[s].size());  // the spans in `tensors` point into these vectors
     std::vector<st::TensorToWrite> tensors;
-    for (const TensorSpec* t : shards[i]) {
-      const std::span<const float> v = values(t->name);
-      std::span<const std::byte> bytes = std::as_bytes(v);
-      if (bf16) {
-        std::vector<std::uint16_t>& out = converted.emplace_back(v.size());
-        for (std::size_t k = 0; k < v.size(); ++k) out[k] = float_to_bf16(v[k]);
-        bytes = std::as_bytes(std::span<const std::uint16_t>(out));
-      }
-      tensors.push_back({t->name, bf16 ? st::DType::BF16 : st::DType::F32, t->shape, bytes});
-      weight_map[t->name] = shard_name(i);
+    for (const std::size_t i : shards[s]) {
+      const TensorSpec& t = specs[i];
+      values.resize(static_cast<std::size_t>(muon::numel(t.shape)));
+      fill(i, t, values);
+      tensors.push_back({t.name, dtype, t.shape, encoded.emplace_back(detail::encode(values, options.dtype))});
+      weight_map[t.name] = shard_name(s);
     }
+    values = {};
     // transformers refuses safetensors files whose metadata lacks format "pt".
-    st::write(dir / shard_name(i), tensors, {{"format", "pt"}});
+    st::write(dir / shard_name(s), tensors, {{"format", "pt"}});
   }
   const std::filesystem::path index_path = dir / "model.safetensors.index.json";
   if (shards.size() > 1) {
@@ -353,9 +398,22 @@ inline void Weights::save(const std::filesystem::path& dir, const Config& c, con
     std::filesystem::remove(index_path);
   }
   nlohmann::json config = c.json;
-  // Both names: transformers ≥ 4.56 reads "dtype", older versions "torch_dtype".
-  config["torch_dtype"] = config["dtype"] = bf16 ? "bfloat16" : "float32";
+  // Both names: transformers >= 4.56 reads "dtype", older versions "torch_dtype".
+  config["torch_dtype"] = config["dtype"] = options.dtype == SaveDType::f32    ? "float32"
+                                            : options.dtype == SaveDType::bf16 ? "bfloat16"
+                                                                               : "float16";
   muon::io::write_file_atomically(dir / "config.json", config.dump(2) + "\n", "config");
+}
+
+inline void Weights::save(const std::filesystem::path& dir, const Config& c, const SaveOptions& options) const {
+  write_checkpoint(dir, c, options, [&](std::size_t, const TensorSpec& t, std::span<float> out) {
+    const std::span<const float> v = values(t.name);
+    if (v.size() != out.size()) {
+      throw muon::ShapeMismatch("cannot save tensor '" + t.name + "': these weights have " + std::to_string(v.size()) +
+                                " values, the config given to save implies " + std::to_string(out.size()));
+    }
+    std::copy(v.begin(), v.end(), out.begin());
+  });
 }
 
 }  // namespace moonlight
