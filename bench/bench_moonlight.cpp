@@ -6,10 +6,22 @@
 // the same config and thread count and prints the ratios.
 //
 //   OMP_NUM_THREADS=2 build/release/bench/bench_moonlight
+//
+// With MOONLIGHT_CHECKPOINT=DIR (a Hugging Face checkpoint directory, e.g. one `moonlight init`
+// wrote), BM_checkpoint_* measure that model read in place (Model::map, as generate and chat
+// read it): the load time, the resident memory, and prefill and decode on a shorter prompt. One
+// iteration each: on a model larger than the machine's memory one pass reads most of the file.
+//
+//   MOONLIGHT_CHECKPOINT=DIR OMP_NUM_THREADS=2 build/release/bench/bench_moonlight --benchmark_filter=checkpoint
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
 #include <moonlight/model.hpp>
+#include <string>
 #include <vector>
 
 namespace {
@@ -87,6 +99,96 @@ void BM_moonlight_decode(benchmark::State& state) {
 BENCHMARK(BM_moonlight_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_moonlight_decode)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// ---- a checkpoint from disk (MOONLIGHT_CHECKPOINT) ----------------------------------------------
+
+constexpr std::int64_t kCheckpointPrompt = 32;
+constexpr std::int64_t kCheckpointDecode = 8;
+
+// This process's resident set in bytes (/proc/self/status, VmRSS).
+double resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      double kb = 0;
+      status >> kb;
+      return kb * 1024.0;
+    }
+    status.ignore(1 << 12, '\n');
+  }
+  return 0.0;
+}
+
+struct Mapped {
+  std::unique_ptr<moonlight::Model> model;
+  double load_seconds = 0.0;
+  double resident_after_load = 0.0;
+};
+
+const Mapped& mapped(const char* dir) {
+  static const Mapped m = [&] {
+    Mapped out;
+    const auto start = std::chrono::steady_clock::now();
+    out.model = std::make_unique<moonlight::Model>(moonlight::Model::map(dir));
+    out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.resident_after_load = resident_bytes();
+    return out;
+  }();
+  return m;
+}
+
+std::vector<std::int32_t> checkpoint_prompt(const moonlight::Config& c) {
+  std::vector<std::int32_t> ids(kCheckpointPrompt);
+  for (std::int64_t i = 0; i < kCheckpointPrompt; ++i)
+    ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % c.vocab_size);
+  return ids;
+}
+
+void BM_checkpoint_prefill(benchmark::State& state, const char* dir) {
+  const Mapped& m = mapped(dir);
+  const auto ids = checkpoint_prompt(m.model->config());
+  for (auto _ : state) {
+    moonlight::KvCache cache(m.model->config());
+    benchmark::DoNotOptimize(m.model->forward(ids, cache, moonlight::LogitsFor::last_token).data());
+  }
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kCheckpointPrompt), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["load_s"] = m.load_seconds;
+  state.counters["rss_after_load_GB"] = m.resident_after_load / 1e9;
+  state.counters["rss_GB"] = resident_bytes() / 1e9;
+}
+
+void BM_checkpoint_decode(benchmark::State& state, const char* dir) {
+  const Mapped& m = mapped(dir);
+  moonlight::KvCache cache(m.model->config());
+  (void)m.model->forward(checkpoint_prompt(m.model->config()), cache, moonlight::LogitsFor::last_token);
+  for (auto _ : state) {
+    std::int32_t id = 1;
+    for (std::int64_t i = 0; i < kCheckpointDecode; ++i) {
+      const moonlight::Matrix logits = m.model->forward(std::span(&id, 1), cache, moonlight::LogitsFor::last_token);
+      Eigen::Index next = 0;
+      logits.row(0).maxCoeff(&next);
+      id = static_cast<std::int32_t>(next);
+    }
+    state.PauseTiming();
+    cache.truncate(kCheckpointPrompt);
+    state.ResumeTiming();
+  }
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kCheckpointDecode), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["rss_GB"] = resident_bytes() / 1e9;
+}
+
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (const char* dir = std::getenv("MOONLIGHT_CHECKPOINT")) {
+    benchmark::RegisterBenchmark("BM_checkpoint_prefill", BM_checkpoint_prefill, dir)
+        ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+    benchmark::RegisterBenchmark("BM_checkpoint_decode", BM_checkpoint_decode, dir)
+        ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

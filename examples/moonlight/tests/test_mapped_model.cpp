@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fixtures.hpp"
+#include "moonlight/init_checkpoint.hpp"
 #include "moonlight/model.hpp"
 #include "moonlight/weights.hpp"
 #include "temp_dir.hpp"
@@ -85,6 +86,30 @@ TEST_CASE("a mapped BF16 checkpoint gives the widened fp32 path's logits within 
     }
     CHECK_THROWS_AS((void)mapped.weights(), muon::InvalidArgument);
   }
+}
+
+TEST_CASE("Moonlight-16B's real tensor shapes, 2 layers and 8 experts: init, map, and the bf16 path's logits") {
+  // Every width of the real config (hidden 2048, 16 heads of 192/128, kv_lora 512, dense 11264,
+  // experts 1408, shared 2816) with one dense and one MoE layer, 8 experts (top-6) and a small
+  // vocabulary: the real products' shapes within CI's time and memory (218M parameters).
+  nlohmann::json j = Config::load(std::filesystem::path(MOONLIGHT_CONFIG_DIR) / "moonlight-16b-a3b.json").json;
+  j["num_hidden_layers"] = 2;
+  j["n_routed_experts"] = 8;
+  j["vocab_size"] = 8448;
+  j["bos_token_id"] = 8192;
+  j["eos_token_id"] = 8193;
+  const Config config = Config::from_json(j);
+  const muon::test::TempDir dir("moonlight_real_shapes");
+  moonlight::init_checkpoint(dir / "bf16", config, 1, {.dtype = moonlight::SaveDType::bf16, .max_shard_bytes = 200'000'000});
+  const Model mapped = Model::map(dir / "bf16");
+  const Model widened = Model::load(dir / "bf16");
+  const std::vector<std::int32_t> ids = some_ids(config, 12);
+  KvCache a(config), b(config);
+  const std::span<const std::int32_t> all(ids);
+  const Matrix prompt = mapped.forward(all.first(11), a);
+  CHECK(prompt.allFinite());
+  CHECK(relative_error(prompt, widened.forward(all.first(11), b)) < 1e-5);
+  CHECK(relative_error(mapped.forward(all.subspan(11), a), widened.forward(all.subspan(11), b)) < 1e-5);
 }
 
 TEST_CASE("a mapped F32 checkpoint is read in place and gives the loaded model's logits bit for bit") {

@@ -104,6 +104,7 @@ struct Attention {
     const StridedMap key_latent(rows, keys, r, Eigen::OuterStride<>(stride));
     const StridedMap k_pe(rows + r, keys, dr, Eigen::OuterStride<>(stride));
     const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dqk)));
+    constexpr auto no = muon::Transpose::no, yes = muon::Transpose::yes;
 
     Mat<S> out(T, H * dv);
     Mat<S> kv;
@@ -113,11 +114,12 @@ struct Attention {
       kv = cache ? linear(Mat<S>(key_latent), kv_b_proj) : linear(latent, kv_b_proj);
 #pragma omp parallel for if (T * keys * H > (1 << 15))
       for (std::int64_t h = 0; h < H; ++h) {
-        Mat<S> scores = q.block(0, h * dqk, T, dn) * kv.block(0, h * (dn + dv), keys, dn).transpose();
-        scores.noalias() += q.block(0, h * dqk + dn, T, dr) * k_pe.transpose();
+        Mat<S> scores(T, keys);
+        product(q.block(0, h * dqk, T, dn), no, kv.block(0, h * (dn + dv), keys, dn), yes, scores);
+        product(q.block(0, h * dqk + dn, T, dr), no, k_pe, yes, scores, S(1));
         scores *= scale;
         for (std::int64_t t = 0; t < T; ++t) softmax_prefix(scores.row(t).data(), pos0 + t + 1, keys);
-        out.block(0, h * dv, T, dv).noalias() = scores * kv.block(0, h * (dn + dv) + dn, keys, dv);
+        product(scores, no, kv.block(0, h * (dn + dv) + dn, keys, dv), no, out.block(0, h * dv, T, dv));
         if (tape) tape->probs[static_cast<std::size_t>(h)] = std::move(scores);
       }
     } else {
@@ -126,16 +128,18 @@ struct Attention {
       const Eigen::Map<const Mat<S>> kv_b(kv_b_proj.value, H * (dn + dv), r);
       Mat<S> q_latent(H * T, r), q_pe(H * T, dr);
       for (std::int64_t h = 0; h < H; ++h) {
-        q_latent.block(h * T, 0, T, r).noalias() = q.block(0, h * dqk, T, dn) * kv_b.block(h * (dn + dv), 0, dn, r);
+        product(q.block(0, h * dqk, T, dn), no, kv_b.block(h * (dn + dv), 0, dn, r), no, q_latent.block(h * T, 0, T, r));
         q_pe.block(h * T, 0, T, dr) = q.block(0, h * dqk + dn, T, dr);
       }
-      Mat<S> scores = q_latent * key_latent.transpose();
-      scores.noalias() += q_pe * k_pe.transpose();
+      Mat<S> scores(H * T, keys);
+      product(q_latent, no, key_latent, yes, scores);
+      product(q_pe, no, k_pe, yes, scores, S(1));
       scores *= scale;
       for (std::int64_t i = 0; i < H * T; ++i) softmax_prefix(scores.row(i).data(), pos0 + i % T + 1, keys);
-      const Mat<S> context = scores * key_latent;  // [H·T, r]
+      Mat<S> context(H * T, r);
+      product(scores, no, key_latent, no, context);
       for (std::int64_t h = 0; h < H; ++h)
-        out.block(0, h * dv, T, dv).noalias() = context.block(h * T, 0, T, r) * kv_b.block(h * (dn + dv) + dn, 0, dv, r).transpose();
+        product(context.block(h * T, 0, T, r), no, kv_b.block(h * (dn + dv) + dn, 0, dv, r), yes, out.block(0, h * dv, T, dv));
     }
     Mat<S> y = linear(out, o_proj);
     if (tape) {
@@ -154,23 +158,25 @@ struct Attention {
     const std::int64_t T = tape.x.rows(), H = c->num_attention_heads, r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     const std::int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = c->qk_head_dim();
     const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dqk)));
+    constexpr auto no = muon::Transpose::no, yes = muon::Transpose::yes;
     const Mat<S> dout = linear_backward(tape.out, o_proj, dy);
     Mat<S> dq(T, H * dqk), dkv(T, H * (dn + dv)), dk_pe = Mat<S>::Zero(T, dr);
     const auto k_pe = tape.kv_a.rightCols(dr);
     for (std::int64_t h = 0; h < H; ++h) {
       const Mat<S>& P = tape.probs[static_cast<std::size_t>(h)];
       const auto dout_h = dout.block(0, h * dv, T, dv);
-      const Mat<S> dP = dout_h * tape.kv.block(0, h * (dn + dv) + dn, T, dv).transpose();
-      dkv.block(0, h * (dn + dv) + dn, T, dv).noalias() = P.transpose() * dout_h;
+      Mat<S> dP(T, T);
+      product(dout_h, no, tape.kv.block(0, h * (dn + dv) + dn, T, dv), yes, dP);
+      product(P, yes, dout_h, no, dkv.block(0, h * (dn + dv) + dn, T, dv));
       // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked entries have P = 0.
       Mat<S> dS = P.cwiseProduct(dP);
       const Eigen::Matrix<S, Eigen::Dynamic, 1> row_dot = dS.rowwise().sum();
       dS -= P.cwiseProduct(row_dot.replicate(1, T));
       dS *= scale;
-      dq.block(0, h * dqk, T, dn).noalias() = dS * tape.kv.block(0, h * (dn + dv), T, dn);
-      dq.block(0, h * dqk + dn, T, dr).noalias() = dS * k_pe;
-      dkv.block(0, h * (dn + dv), T, dn).noalias() = dS.transpose() * tape.q.block(0, h * dqk, T, dn);
-      dk_pe.noalias() += dS.transpose() * tape.q.block(0, h * dqk + dn, T, dr);
+      product(dS, no, tape.kv.block(0, h * (dn + dv), T, dn), no, dq.block(0, h * dqk, T, dn));
+      product(dS, no, k_pe, no, dq.block(0, h * dqk + dn, T, dr));
+      product(dS, yes, tape.q.block(0, h * dqk, T, dn), no, dkv.block(0, h * (dn + dv), T, dn));
+      product(dS, yes, tape.q.block(0, h * dqk + dn, T, dr), no, dk_pe, S(1));
     }
     for (std::int64_t t = 0; t < T; ++t) {
       rope->rotate(dk_pe.data() + t * dr, t, true);

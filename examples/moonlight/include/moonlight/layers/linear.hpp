@@ -41,6 +41,28 @@ struct Weight {
   [[nodiscard]] Eigen::Map<Mat<S>> g() const { return {grad, rows, cols}; }
 };
 
+// c ← op(a)·op(b) + β·c for row-major matrices or blocks of them (any row stride): the attention's
+// per-head products. fp32 goes to muon/cpu/blas.hpp (kernels chosen for the CPU at run time),
+// fp64 to Eigen.
+template <class A, class B, class C>
+void product(const A& a, muon::Transpose ta, const B& b, muon::Transpose tb, C&& c,
+             typename std::remove_reference_t<C>::Scalar beta = 0) {
+  using muon::Transpose;
+  using S = typename std::remove_reference_t<C>::Scalar;
+  if constexpr (std::is_same_v<S, float>) {
+    const std::int64_t k = ta == Transpose::no ? a.cols() : a.rows();
+    muon::cpu::gemm(ta, tb, c.rows(), c.cols(), k, 1.0f, a.data(), a.outerStride(), b.data(), b.outerStride(), beta,
+                    c.data(), c.outerStride());
+  } else {
+    if (beta == S(0)) c.setZero();
+    else c *= beta;
+    if (ta == Transpose::no && tb == Transpose::no) c.noalias() += a * b;
+    else if (ta == Transpose::no) c.noalias() += a * b.transpose();
+    else if (tb == Transpose::no) c.noalias() += a.transpose() * b;
+    else c.noalias() += a.transpose() * b.transpose();
+  }
+}
+
 // y = x·Wᵀ. These products are most of a pass: in fp32 they go to muon/cpu/blas.hpp, that is to
 // OpenBLAS where muon has it, whose kernels are chosen for the CPU at run time (this code is
 // compiled for the baseline ISA, where Eigen's products are far slower); one token (decode) is a
