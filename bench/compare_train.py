@@ -14,7 +14,8 @@ step = forward + loss.backward() + clip_grad_norm_(1.0) + optimizer.step() + zer
          the norms: Moonlight's split, as our trainer does;
   adamw: torch.optim.AdamW on everything.
 
-Both sides report tokens/s over the measured steps (after warm-up) and the optimizer's share of
+Both sides report tokens/s over the measured steps (after warm-up), the forward + backward ratio
+(each side's time per token without its optimizer share), and the optimizer's share of
 the step time (ours: the ZeRO-1 optimizer step; theirs: clip + step + zero_grad).
 
     python3 bench/compare_train.py [--bench build/release/bench/bench_train] [--threads 2] [--steps 8]
@@ -113,11 +114,14 @@ def main():
     print(f"Training tokens/s, tiny Moonlight config ({run['training']['micro_batch']} x {run['training']['seq_len']} "
           f"tokens per step), {args.threads} threads, {cpu_name()}, {datetime.date.today()}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}\n")
-    print("| optimizer | ours tokens/s | transformers + torch.optim tokens/s | ratio | optimizer share: ours | theirs |")
-    print("|---|---|---|---|---|---|")
+    print("| optimizer | ours tokens/s | transformers + torch.optim tokens/s | ratio | optimizer share: ours | theirs "
+          "| forward + backward ratio |")
+    print("|---|---|---|---|---|---|---|")
     for which, o, t in rows:
+        # Forward + backward alone: the step's time per token without the optimizer's share.
+        fwd_bwd = ((1 - t["optimizer_share"]) / t["tokens_per_s"]) / ((1 - o["optimizer_share"]) / o["tokens_per_s"])
         print(f"| {which} | {o['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f}x "
-              f"| {100 * o['optimizer_share']:.1f}% | {100 * t['optimizer_share']:.1f}% |")
+              f"| {100 * o['optimizer_share']:.1f}% | {100 * t['optimizer_share']:.1f}% | {fwd_bwd:.2f}x |")
 
 
 if __name__ == "__main__":
