@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fixtures.hpp"
@@ -63,11 +64,16 @@ std::int64_t resident_bytes() {
 
 }  // namespace
 
-TEST_CASE("a mapped BF16 checkpoint gives the widened fp32 path's logits within 1e-5, on both attention paths") {
-  for (const char* name : {"tiny_moonlight", "tiny_qlora_groups"}) {
-    const muon::test::TempDir dir("moonlight_bf16");
+TEST_CASE("a mapped BF16 or F16 checkpoint gives the widened fp32 path's logits within 1e-5, on both attention paths") {
+  for (const auto& model_and_dtype : {std::pair{"tiny_moonlight", moonlight::SaveDType::bf16},
+                                     std::pair{"tiny_qlora_groups", moonlight::SaveDType::bf16},
+                                     std::pair{"tiny_moonlight", moonlight::SaveDType::f16}}) {
+    const char* name = model_and_dtype.first;
+    const moonlight::SaveDType dtype = model_and_dtype.second;
+    CAPTURE(name);
+    const muon::test::TempDir dir("moonlight_half");
     const Config config = Config::load(fixture(name) / "config.json");
-    moonlight::Weights::load(fixture(name), config).save(dir.path(), config, {.dtype = moonlight::SaveDType::bf16});
+    moonlight::Weights::load(fixture(name), config).save(dir.path(), config, {.dtype = dtype});
     const Model mapped = Model::map(dir.path());
     const Model widened = Model::load(dir.path());  // the same bf16 values, widened to fp32 once
     const std::vector<std::int32_t> ids = some_ids(config, 9);
