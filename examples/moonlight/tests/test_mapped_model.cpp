@@ -39,29 +39,6 @@ std::vector<std::int32_t> some_ids(const Config& c, int n) {
   return ids;
 }
 
-// Bytes of the files in `dir`.
-std::uintmax_t directory_bytes(const std::filesystem::path& dir) {
-  std::uintmax_t total = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) total += e.file_size();
-  return total;
-}
-
-// This process's resident set, from /proc/self/status (VmRSS, kB).
-std::int64_t resident_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == "VmRSS:") {
-      std::int64_t kb = 0;
-      status >> kb;
-      return kb * 1024;
-    }
-    status.ignore(1 << 12, '\n');
-  }
-  FAIL("no VmRSS in /proc/self/status");
-  return 0;
-}
-
 }  // namespace
 
 TEST_CASE("a mapped BF16 or F16 checkpoint gives the widened fp32 path's logits within 1e-5, on both attention paths") {
@@ -126,6 +103,33 @@ TEST_CASE("a mapped F32 checkpoint is read in place and gives the loaded model's
 }
 
 #if !defined(__SANITIZE_ADDRESS__)  // ASan's shadow memory makes the resident set meaningless
+namespace {
+
+// Bytes of the files in `dir`.
+std::uintmax_t directory_bytes(const std::filesystem::path& dir) {
+  std::uintmax_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) total += e.file_size();
+  return total;
+}
+
+// This process's resident set, from /proc/self/status (VmRSS, kB).
+std::int64_t resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      std::int64_t kb = 0;
+      status >> kb;
+      return kb * 1024;
+    }
+    status.ignore(1 << 12, '\n');
+  }
+  FAIL("no VmRSS in /proc/self/status");
+  return 0;
+}
+
+}  // namespace
+
 TEST_CASE("the resident memory of a mapped BF16 model is about its checkpoint's size, not twice it") {
   // A model of ~50M parameters (100 MB in bf16), so that the checkpoint dwarfs the process's other
   // memory and the fp32 path's extra copy (200 MB) could not hide in the margin.
