@@ -12,7 +12,8 @@
 // The control values (norms, flags, hashes: a few numbers per step) live on the host and go
 // through a small device scratch buffer with one stream synchronisation; so do broadcasts of host
 // bytes. `reduce_to_host` lets the compute stream write that buffer itself: the gradients' sums
-// of squares go from the kernels through the all-reduce to the host with one wait. Unequal blocks use grouped ncclReduce / ncclBroadcast (one launch per group). Under
+// of squares go from the kernels through the all-reduce to the host with one wait. Unequal blocks
+// use grouped ncclReduce / ncclBroadcast (one launch per group). Under
 // stream capture the events make the fork and the join a CUDA graph needs.
 //
 //   ncclUniqueId id;                       // rank 0: ncclGetUniqueId(&id); share it out of band
