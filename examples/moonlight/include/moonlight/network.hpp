@@ -1,5 +1,5 @@
-// moonlight/network.hpp: the Moonlight / DeepseekV3 network bound once onto a weight buffer: the
-// decoder layers and the pass that both inference (model.hpp) and training (backward.hpp) run.
+// moonlight/network.hpp: the Moonlight / DeepseekV3 network bound once onto its weights (a buffer or
+// a memory-mapped checkpoint): the decoder layers that inference (model.hpp) and training (backward.hpp) run.
 //
 // Pre-norm decoder (docs/moonlight-architecture.md §3): embed → per layer h += MLA(RMSNorm(h)),
 // h += FFN(RMSNorm(h)) with a dense SwiGLU for the first `first_k_dense_replace` layers and the
