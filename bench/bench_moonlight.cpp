@@ -21,6 +21,7 @@
 #include <fstream>
 #include <memory>
 #include <moonlight/model.hpp>
+#include <moonlight/parameter_count.hpp>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,17 @@ std::vector<std::int32_t> prompt() {
   return ids;
 }
 
+// `tokens` greedy decode steps on `cache`, from token id 1.
+void decode_greedily(const moonlight::Model& m, moonlight::KvCache& cache, std::int64_t tokens) {
+  std::int32_t id = 1;
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    const moonlight::Matrix logits = m.forward(std::span(&id, 1), cache, moonlight::LogitsFor::last_token);
+    Eigen::Index next = 0;
+    logits.row(0).maxCoeff(&next);
+    id = static_cast<std::int32_t>(next);
+  }
+}
+
 void BM_moonlight_prefill(benchmark::State& state) {
   const moonlight::Model& m = model();
   const auto ids = prompt();
@@ -78,22 +90,14 @@ void BM_moonlight_decode(benchmark::State& state) {
   moonlight::KvCache cache(m.config());
   (void)m.forward(prompt(), cache, moonlight::LogitsFor::last_token);
   for (auto _ : state) {
-    std::int32_t id = 1;
-    for (std::int64_t i = 0; i < kDecode; ++i) {
-      const moonlight::Matrix logits = m.forward(std::span(&id, 1), cache, moonlight::LogitsFor::last_token);
-      Eigen::Index next = 0;
-      logits.row(0).maxCoeff(&next);
-      id = static_cast<std::int32_t>(next);
-    }
+    decode_greedily(m, cache, kDecode);
     state.PauseTiming();
     cache.truncate(kPrompt);
     state.ResumeTiming();
   }
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kDecode), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["kv_bytes_per_token"] = static_cast<double>(cache.bytes_per_token());
-  std::int64_t params = 0;
-  for (const auto& t : m.weights().tensors()) params += muon::numel(t.shape);
-  state.counters["params"] = static_cast<double>(params);
+  state.counters["params"] = static_cast<double>(moonlight::count_parameters(m.config()).total);
 }
 
 BENCHMARK(BM_moonlight_prefill)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -162,13 +166,7 @@ void BM_checkpoint_decode(benchmark::State& state, const char* dir) {
   moonlight::KvCache cache(m.model->config());
   (void)m.model->forward(checkpoint_prompt(m.model->config()), cache, moonlight::LogitsFor::last_token);
   for (auto _ : state) {
-    std::int32_t id = 1;
-    for (std::int64_t i = 0; i < kCheckpointDecode; ++i) {
-      const moonlight::Matrix logits = m.model->forward(std::span(&id, 1), cache, moonlight::LogitsFor::last_token);
-      Eigen::Index next = 0;
-      logits.row(0).maxCoeff(&next);
-      id = static_cast<std::int32_t>(next);
-    }
+    decode_greedily(*m.model, cache, kCheckpointDecode);
     state.PauseTiming();
     cache.truncate(kCheckpointPrompt);
     state.ResumeTiming();

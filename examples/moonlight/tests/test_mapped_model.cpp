@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -142,13 +141,7 @@ TEST_CASE("the resident memory of a mapped BF16 model is about its checkpoint's 
   j["num_hidden_layers"] = 4;
   const Config config = Config::from_json(j);
   const muon::test::TempDir dir("moonlight_rss");
-  {
-    moonlight::Weights w(config);
-    std::mt19937 rng(1);
-    std::normal_distribution<float> normal(0.0f, 0.02f);
-    for (float& v : w.data()) v = normal(rng);
-    w.save(dir.path(), config, {.dtype = moonlight::SaveDType::bf16});
-  }
+  moonlight::init_checkpoint(dir.path(), config, 1, {.dtype = moonlight::SaveDType::bf16});
   const auto file_bytes = static_cast<std::int64_t>(directory_bytes(dir.path()));
   REQUIRE(file_bytes > 90'000'000);
   {
