@@ -210,6 +210,47 @@ TEST_CASE("the sequence-wise balance loss: finite differences, its value, and α
   CHECK(value == doctest::Approx(0.25 * 2).epsilon(1e-12));  // two MoE layers
 }
 
+TEST_CASE("a pass over stacked sequences equals the sum of one pass per sequence") {
+  // Three sequences of the fixture's ids (rotated, so that each routes differently), in fp64 so
+  // that only the summation order differs: 1e-12 relative bounds that (measured ~1e-15) and any
+  // leak between sequences (a key of another sequence, a position not restarting at 0, the
+  // balance loss's counts over the whole pass) moves values by far more.
+  const Model model = Model::load(fixture("tiny_moonlight"));
+  const moonlight::Config& c = model.config();
+  const std::vector<double> values = widened(model.weights().data());
+  const std::vector<std::int32_t> ids =
+      moonlight::test::read_ids(st::File::open(fixture("tiny_moonlight") / "gradients.safetensors"), "ids");
+  const std::size_t T = ids.size() - 1;
+  std::vector<std::int32_t> inputs, targets;
+  std::vector<double> separate(values.size(), 0.0), stacked(values.size(), 0.0);
+  moonlight::ExpertLoad separate_load, stacked_load;
+  double separate_objective = 0.0, separate_aux = 0.0, value = 0.0;
+  for (std::size_t shift : {0, 5, 11}) {
+    std::vector<std::int32_t> s(ids);
+    std::rotate(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(shift), s.end());
+    inputs.insert(inputs.end(), s.begin(), s.end() - 1);
+    targets.insert(targets.end(), s.begin() + 1, s.end());
+    separate_objective += moonlight::loss_and_gradients<double>(
+        c, model.weights(), values, std::span(s).first(T), std::span(s).subspan(1), separate, &separate_load,
+        {.alpha = 0.5, .value = &value});
+    separate_aux += value;
+  }
+  const double stacked_objective = moonlight::loss_and_gradients<double>(
+      c, model.weights(), values, inputs, targets, stacked, &stacked_load, {.alpha = 0.5, .value = &value}, 3);
+  CHECK(stacked_objective == doctest::Approx(separate_objective).epsilon(1e-12));
+  CHECK(value == doctest::Approx(separate_aux).epsilon(1e-12));
+  CHECK(stacked_load.tokens == separate_load.tokens);
+  double err = 0.0, scale = 0.0;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    err = std::max(err, std::abs(stacked[i] - separate[i]));
+    scale = std::max(scale, std::abs(separate[i]));
+  }
+  CHECK(err <= 1e-12 * scale);
+  CHECK_THROWS_AS(moonlight::loss_and_gradients<double>(c, model.weights(), values, std::span(inputs).first(3 * T - 1),
+                                                        std::span(targets).first(3 * T - 1), stacked, nullptr, {}, 3),
+                  muon::InvalidArgument);
+}
+
 // With every o_proj and down_proj (dense, routed and shared experts) zero, attention and MLP add
 // exactly 0 to the residual stream, so every layer's hidden state is the embedding row: each MoE
 // router sees RMSNorm_post(embedding), and the objective has a closed form that this test computes

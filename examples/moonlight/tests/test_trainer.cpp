@@ -306,12 +306,16 @@ TEST_CASE("micro-batches with accumulation give the step of one large batch") {
   Trainer b(tiny_run(split), data, tokenizer_file, dir.path() / "b", {});
   const auto ma = train(a), mb = train(b);
   CHECK(ma.back().loss == doctest::Approx(mb.back().loss).epsilon(1e-5));
-  // Same sequences, summed in another order: float rounding (≈1e-7 relative) amplified by two
-  // Newton–Schulz steps stays far below 1e-4 of the weights' scale (0.1).
-  double worst = 0.0;
-  for (std::size_t i = 0; i < a.weights().data().size(); ++i)
-    worst = std::max(worst, static_cast<double>(std::abs(a.weights().data()[i] - b.weights().data()[i])));
-  CHECK(worst < 1e-5);
+  // Same sequences in other products (a thread stacks 2 sequences in one pass, or 1): float
+  // rounding, ≈1e-7 relative. An optimizer step amplifies it only where a gradient entry nearly
+  // cancels: AdamW's first step moves an entry by lr·g/(|g| + ε), whatever g's size (measured: a
+  // few entries of lm_head.weight, whose rows sum (p − y)·h over tokens, moved by 3.7e-5 with
+  // lr = 1e-2). So: at most 1 entry in 10,000 beyond 1e-5 (0.1% of lr). A lost or repeated
+  // micro-batch changes the direction of most updates, so most entries by ~lr.
+  std::size_t beyond = 0;
+  const std::span<const float> wa = a.weights().data(), wb = b.weights().data();
+  for (std::size_t i = 0; i < wa.size(); ++i) beyond += std::abs(wa[i] - wb[i]) > 1e-5f ? 1 : 0;
+  CHECK(beyond <= wa.size() / 10000);
 }
 
 TEST_CASE("the optimizer table: Muon on matrices, AdamW elsewhere or everywhere, never the router bias") {

@@ -63,10 +63,14 @@ void check_pass(const Network<S>& net, std::span<const std::int32_t> inputs, std
 // With `load`, the tokens routed to each expert are added to load->tokens[layer][expert] (sized
 // here on first use; dense layers keep an empty row), for the balancing rule of balancing.hpp.
 // With aux.alpha > 0 the returned objective and the gradients include the balance loss.
+// `sequences` > 1: inputs and targets stack that many sequences of equal length, each from
+// position 0 and attending within itself; the result and the gradients are the sums over them of
+// one sequence's (the trainer passes each thread's sequences at once, so that every product has
+// more rows: docs/performance.md).
 template <class S>
 S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> values,
                      std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, std::span<S> grads,
-                     ExpertLoad* load = nullptr, const AuxLoss& aux = {}) {
+                     ExpertLoad* load = nullptr, const AuxLoss& aux = {}, std::int64_t sequences = 1) {
   if (!(aux.alpha >= 0.0) || !std::isfinite(aux.alpha))
     throw muon::InvalidArgument("AuxLoss.alpha must be finite and >= 0, got " + std::to_string(aux.alpha));
   if (grads.size() != values.size())
@@ -74,13 +78,17 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
                               std::to_string(values.size()));
   const Network<S> net(c, layout, values, grads);
   detail::check_pass(net, inputs, targets, "loss_and_gradients");
+  const auto rows = static_cast<std::int64_t>(inputs.size());
+  if (sequences < 1 || rows % sequences != 0)
+    throw muon::InvalidArgument("loss_and_gradients: " + std::to_string(rows) + " input tokens are not " +
+                                std::to_string(sequences) + " sequences of equal length");
 
   std::vector<typename DecoderLayer<S>::Tape> tapes(net.decoder.size());
   layers::Mat<S> h = net.embedding.forward(inputs);
   S aux_total = 0;
   for (std::size_t l = 0; l < net.decoder.size(); ++l) {
     const DecoderLayer<S>& L = net.decoder[l];
-    L.forward(h, &tapes[l], static_cast<S>(aux.alpha));
+    L.forward(h, &tapes[l], static_cast<S>(aux.alpha), nullptr, 0, AttentionPath::decompressed, sequences);
     if (!L.is_moe) continue;
     aux_total += tapes[l].moe.aux_value;
     if (load) {
@@ -93,7 +101,8 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
   }
   typename layers::LmHead<S>::Tape head_tape;
   layers::Mat<S> logits = net.head.forward(h, &head_tape);
-  const S loss = layers::cross_entropy(logits, targets, true);  // logits now hold d loss / d logits
+  // logits now hold d loss / d logits
+  const S loss = layers::cross_entropy(logits, targets, true, rows / sequences);
   if (aux.value != nullptr) *aux.value = static_cast<double>(aux_total);
 
   layers::Mat<S> dh = net.head.backward(head_tape, logits);

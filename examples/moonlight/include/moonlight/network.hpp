@@ -49,13 +49,15 @@ struct DecoderLayer {
     typename layers::Moe<S>::Tape moe;
   };
 
-  // h ← h + MLA(RMSNorm(h)); h ← h + FFN(RMSNorm(h)). Cache and path as Attention::forward.
+  // h ← h + MLA(RMSNorm(h)); h ← h + FFN(RMSNorm(h)). Cache, path and the number of stacked
+  // sequences as Attention::forward.
   void forward(layers::Mat<S>& h, Tape* tape = nullptr, S aux_alpha = 0, KvCache* cache = nullptr, std::int64_t layer = 0,
-               AttentionPath path = AttentionPath::automatic) const {
+               AttentionPath path = AttentionPath::automatic, std::int64_t sequences = 1) const {
     h += attention.forward(input_norm.forward(h, tape ? &tape->input_norm : nullptr), tape ? &tape->attention : nullptr,
-                           cache, layer, path);
+                           cache, layer, path, sequences);
     const layers::Mat<S> hn = post_norm.forward(h, tape ? &tape->post_norm : nullptr);
-    h += is_moe ? moe.forward(hn, tape ? &tape->moe : nullptr, aux_alpha) : dense.forward(hn, tape ? &tape->dense : nullptr);
+    h += is_moe ? moe.forward(hn, tape ? &tape->moe : nullptr, aux_alpha, sequences)
+                : dense.forward(hn, tape ? &tape->dense : nullptr);
   }
 
   // dh: d loss / d (this layer's output), becomes d loss / d (its input).

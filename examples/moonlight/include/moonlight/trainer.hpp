@@ -272,13 +272,17 @@ class Trainer {
   [[nodiscard]] int world() { return optimizer_.communicator().size(); }
   [[nodiscard]] bool rank0() { return rank() == 0; }
 
-  // Forward and backward over `sequences`, split statically over the threads; gradients land in
+  // Forward and backward over `sequences` (of equal length), each thread taking a contiguous share
+  // in one pass (stacked, so that its products have that many more rows); gradients land in
   // grads_ (summed, in thread order), expert loads into `load`.
   PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad& load) {
     int threads = 1;
 #ifdef _OPENMP
     threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(sequences.size())));
 #endif
+    for (const std::span<const std::int32_t> s : sequences)
+      if (s.size() != sequences.front().size())
+        throw muon::InvalidArgument("Trainer: the sequences of a micro-batch must have equal lengths");
     thread_grads_.resize(static_cast<std::size_t>(threads - 1));
     for (std::vector<float>& g : thread_grads_) g.assign(grads_.size(), 0.0f);
     std::vector<ExpertLoad> loads(static_cast<std::size_t>(threads), empty_load());
@@ -293,16 +297,19 @@ class Trainer {
 #endif
       const auto ut = static_cast<std::size_t>(t);
       std::span<float> grads = t == 0 ? std::span<float>(grads_) : std::span<float>(thread_grads_[ut - 1]);
-#pragma omp for schedule(static)
-      for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t first = n * t / threads, last = n * (t + 1) / threads;
+      std::vector<std::int32_t> inputs, targets;
+      for (std::int64_t i = first; i < last; ++i) {
         const std::span<const std::int32_t> s = sequences[static_cast<std::size_t>(i)];
-        const auto T = s.size() - 1;
-        double aux = 0.0;
-        const double objective = loss_and_gradients<float>(run_.model, weights_, values, s.first(T), s.subspan(1), grads,
-                                                           &loads[ut], {.alpha = run_.training.aux_loss_alpha, .value = &aux});
-        results[ut].loss_sum += objective - aux;
-        results[ut].aux_sum += aux;
+        inputs.insert(inputs.end(), s.begin(), s.end() - 1);
+        targets.insert(targets.end(), s.begin() + 1, s.end());
       }
+      double aux = 0.0;
+      const double objective =
+          loss_and_gradients<float>(run_.model, weights_, values, inputs, targets, grads, &loads[ut],
+                                    {.alpha = run_.training.aux_loss_alpha, .value = &aux}, last - first);
+      results[ut].loss_sum += objective - aux;
+      results[ut].aux_sum += aux;
     }
     PassResult total;
     for (std::size_t t = 0; t < results.size(); ++t) {

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -55,29 +56,36 @@ struct Attention {
   struct Tape {
     Mat<S> x, qa, q, kv_a, latent, kv, out;  // qa: the normalised q LoRA latent; kv_a: k_pe rotated
     typename RmsNorm<S>::Tape qa_norm, kv_norm;
-    std::vector<Mat<S>> probs;  // per head [T, T]
+    std::int64_t sequences = 1;
+    std::vector<Mat<S>> probs;  // per sequence and head [T, T]
   };
 
-  // The attention output (after o_proj) for `x` [T, hidden]. With `cache` (fp32 only), the tokens
-  // sit at positions cache->length()… and their latent rows are appended to layer `layer` (the
-  // caller commits); else at positions 0…T-1. A tape needs the decompressed path and no cache.
+  // The attention output (after o_proj) for `x` [rows, hidden]. With `cache` (fp32 only), the
+  // tokens sit at positions cache->length()… and their latent rows are appended to layer `layer`
+  // (the caller commits); else x stacks `sequences` sequences of equal length T, each at positions
+  // 0…T-1 and attending within itself (training batches a thread's sequences so that every
+  // product has more rows). A tape needs the decompressed path and no cache.
   Mat<S> forward(const Mat<S>& x, Tape* tape = nullptr, KvCache* cache = nullptr, std::int64_t layer = 0,
-                 AttentionPath path = AttentionPath::automatic) const {
-    const std::int64_t T = x.rows(), H = c->num_attention_heads, r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+                 AttentionPath path = AttentionPath::automatic, std::int64_t sequences = 1) const {
+    const std::int64_t rows_in = x.rows(), T = rows_in / sequences, H = c->num_attention_heads;
+    const std::int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     const std::int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = c->qk_head_dim();
     const std::int64_t pos0 = cache ? cache->length() : 0, keys = pos0 + T;
     if (path == AttentionPath::automatic) path = T > 1 || tape ? AttentionPath::decompressed : AttentionPath::absorbed;
     if (tape && (cache || path != AttentionPath::decompressed))
       throw muon::InvalidArgument("Attention::forward: a training tape needs the decompressed path and no KV cache");
+    if (sequences < 1 || T * sequences != rows_in || (sequences > 1 && (cache || path != AttentionPath::decompressed)))
+      throw muon::InvalidArgument("Attention::forward: " + std::to_string(rows_in) + " rows are not " +
+                                  std::to_string(sequences) + " equal sequences on the decompressed path without a cache");
 
     Mat<S> qa;
     Mat<S> q = c->q_lora_rank ? linear(qa = q_a_norm.forward(linear(x, q_a_proj), tape ? &tape->qa_norm : nullptr), q_b_proj)
                               : linear(x, q_proj);
     Mat<S> kv_a = linear(x, kv_a_proj);  // [T, r + dr]
     Mat<S> latent = kv_a_norm.forward(kv_a.leftCols(r), tape ? &tape->kv_norm : nullptr);
-    for (std::int64_t t = 0; t < T; ++t) {
-      rope->rotate(kv_a.data() + t * (r + dr) + r, pos0 + t);  // kv_a's rope part now holds k_pe
-      for (std::int64_t h = 0; h < H; ++h) rope->rotate(q.data() + t * H * dqk + h * dqk + dn, pos0 + t);
+    for (std::int64_t t = 0; t < rows_in; ++t) {
+      rope->rotate(kv_a.data() + t * (r + dr) + r, pos0 + t % T);  // kv_a's rope part now holds k_pe
+      for (std::int64_t h = 0; h < H; ++h) rope->rotate(q.data() + t * H * dqk + h * dqk + dn, pos0 + t % T);
     }
 
     // Every key's latent row [c ; k_pe]: the cache's (this pass's rows appended), or this pass's.
@@ -95,32 +103,36 @@ struct Attention {
         throw muon::InvalidArgument("Attention::forward: the KV cache holds fp32 rows");
       }
     } else {
-      own_rows.resize(T, r + dr);
+      own_rows.resize(rows_in, r + dr);
       own_rows.leftCols(r) = latent;
       own_rows.rightCols(dr) = kv_a.rightCols(dr);
       rows = own_rows.data();
     }
     using StridedMap = Eigen::Map<const Mat<S>, 0, Eigen::OuterStride<>>;
-    const StridedMap key_latent(rows, keys, r, Eigen::OuterStride<>(stride));
-    const StridedMap k_pe(rows + r, keys, dr, Eigen::OuterStride<>(stride));
+    const StridedMap key_latent(rows, cache ? keys : rows_in, r, Eigen::OuterStride<>(stride));
+    const StridedMap k_pe(rows + r, cache ? keys : rows_in, dr, Eigen::OuterStride<>(stride));
     const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dqk)));
     constexpr auto no = muon::Transpose::no, yes = muon::Transpose::yes;
 
-    Mat<S> out(T, H * dv);
+    Mat<S> out(rows_in, H * dv);
     Mat<S> kv;
-    if (tape) tape->probs.assign(static_cast<std::size_t>(H), Mat<S>());
+    if (tape) {
+      tape->sequences = sequences;
+      tape->probs.assign(static_cast<std::size_t>(sequences * H), Mat<S>());
+    }
     if (path == AttentionPath::decompressed) {
       // Per-head keys and values of every key: [keys, H·(dn + dv)].
       kv = cache ? linear(Mat<S>(key_latent), kv_b_proj) : linear(latent, kv_b_proj);
-#pragma omp parallel for if (T * keys * H > (1 << 15))
-      for (std::int64_t h = 0; h < H; ++h) {
+#pragma omp parallel for if (T * keys * H * sequences > (1 << 15))
+      for (std::int64_t bh = 0; bh < sequences * H; ++bh) {
+        const std::int64_t b = bh / H, h = bh % H, q0 = b * T, k0 = cache ? 0 : b * T;  // first query, key row
         Mat<S> scores(T, keys);
-        product(q.block(0, h * dqk, T, dn), no, kv.block(0, h * (dn + dv), keys, dn), yes, scores);
-        product(q.block(0, h * dqk + dn, T, dr), no, k_pe, yes, scores, S(1));
+        product(q.block(q0, h * dqk, T, dn), no, kv.block(k0, h * (dn + dv), keys, dn), yes, scores);
+        product(q.block(q0, h * dqk + dn, T, dr), no, k_pe.middleRows(k0, keys), yes, scores, S(1));
         scores *= scale;
         for (std::int64_t t = 0; t < T; ++t) softmax_prefix(scores.row(t).data(), pos0 + t + 1, keys);
-        product(scores, no, kv.block(0, h * (dn + dv) + dn, keys, dv), no, out.block(0, h * dv, T, dv));
-        if (tape) tape->probs[static_cast<std::size_t>(h)] = std::move(scores);
+        product(scores, no, kv.block(k0, h * (dn + dv) + dn, keys, dv), no, out.block(q0, h * dv, T, dv));
+        if (tape) tape->probs[static_cast<std::size_t>(bh)] = std::move(scores);
       }
     } else {
       // Absorbed: q̃_h = W_UK,hᵀ q_nope,h attends over the latents (one shared "KV head" of width
@@ -155,34 +167,36 @@ struct Attention {
   }
 
   Mat<S> backward(const Tape& tape, const Mat<S>& dy) const {
-    const std::int64_t T = tape.x.rows(), H = c->num_attention_heads, r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    const std::int64_t rows_in = tape.x.rows(), T = rows_in / tape.sequences, H = c->num_attention_heads;
+    const std::int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     const std::int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = c->qk_head_dim();
     const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dqk)));
     constexpr auto no = muon::Transpose::no, yes = muon::Transpose::yes;
     const Mat<S> dout = linear_backward(tape.out, o_proj, dy);
-    Mat<S> dq(T, H * dqk), dkv(T, H * (dn + dv)), dk_pe = Mat<S>::Zero(T, dr);
-    const auto k_pe = tape.kv_a.rightCols(dr);
-    for (std::int64_t h = 0; h < H; ++h) {
-      const Mat<S>& P = tape.probs[static_cast<std::size_t>(h)];
-      const auto dout_h = dout.block(0, h * dv, T, dv);
+    Mat<S> dq(rows_in, H * dqk), dkv(rows_in, H * (dn + dv)), dk_pe = Mat<S>::Zero(rows_in, dr);
+    for (std::int64_t bh = 0; bh < tape.sequences * H; ++bh) {
+      const std::int64_t b = bh / H, h = bh % H, t0 = b * T;  // the sequence's first row
+      const Mat<S>& P = tape.probs[static_cast<std::size_t>(bh)];
+      const auto dout_h = dout.block(t0, h * dv, T, dv);
+      const auto k_pe = tape.kv_a.block(t0, r, T, dr);
       Mat<S> dP(T, T);
-      product(dout_h, no, tape.kv.block(0, h * (dn + dv) + dn, T, dv), yes, dP);
-      product(P, yes, dout_h, no, dkv.block(0, h * (dn + dv) + dn, T, dv));
+      product(dout_h, no, tape.kv.block(t0, h * (dn + dv) + dn, T, dv), yes, dP);
+      product(P, yes, dout_h, no, dkv.block(t0, h * (dn + dv) + dn, T, dv));
       // Softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P)); masked entries have P = 0.
       Mat<S> dS = P.cwiseProduct(dP);
       const Eigen::Matrix<S, Eigen::Dynamic, 1> row_dot = dS.rowwise().sum();
       dS -= P.cwiseProduct(row_dot.replicate(1, T));
       dS *= scale;
-      product(dS, no, tape.kv.block(0, h * (dn + dv), T, dn), no, dq.block(0, h * dqk, T, dn));
-      product(dS, no, k_pe, no, dq.block(0, h * dqk + dn, T, dr));
-      product(dS, yes, tape.q.block(0, h * dqk, T, dn), no, dkv.block(0, h * (dn + dv), T, dn));
-      product(dS, yes, tape.q.block(0, h * dqk + dn, T, dr), no, dk_pe, S(1));
+      product(dS, no, tape.kv.block(t0, h * (dn + dv), T, dn), no, dq.block(t0, h * dqk, T, dn));
+      product(dS, no, k_pe, no, dq.block(t0, h * dqk + dn, T, dr));
+      product(dS, yes, tape.q.block(t0, h * dqk, T, dn), no, dkv.block(t0, h * (dn + dv), T, dn));
+      product(dS, yes, tape.q.block(t0, h * dqk + dn, T, dr), no, dk_pe.middleRows(t0, T), S(1));
     }
-    for (std::int64_t t = 0; t < T; ++t) {
-      rope->rotate(dk_pe.data() + t * dr, t, true);
-      for (std::int64_t h = 0; h < H; ++h) rope->rotate(dq.data() + t * H * dqk + h * dqk + dn, t, true);
+    for (std::int64_t t = 0; t < rows_in; ++t) {
+      rope->rotate(dk_pe.data() + t * dr, t % T, true);
+      for (std::int64_t h = 0; h < H; ++h) rope->rotate(dq.data() + t * H * dqk + h * dqk + dn, t % T, true);
     }
-    Mat<S> dkv_a(T, r + dr);
+    Mat<S> dkv_a(rows_in, r + dr);
     dkv_a.leftCols(r) = kv_a_norm.backward(tape.kv_norm, linear_backward(tape.latent, kv_b_proj, dkv));
     dkv_a.rightCols(dr) = dk_pe;
     Mat<S> dx = linear_backward(tape.x, kv_a_proj, dkv_a);

@@ -35,13 +35,15 @@ struct LmHead {
   }
 };
 
-// Mean cross-entropy of `logits` [T, vocab] against `targets` (T ids). With `gradient`, the
-// logits are overwritten with d loss / d logits = (softmax − one-hot) / T.
+// Mean cross-entropy of `logits` [rows, vocab] against `targets` (one id per row), per sequence of
+// `sequence_length` rows, summed over the sequences the rows stack (one sequence by default). With
+// `gradient`, the logits are overwritten with d loss / d logits = (softmax − one-hot) / T, T the
+// sequence length.
 template <class S>
-S cross_entropy(Mat<S>& logits, std::span<const std::int32_t> targets, bool gradient) {
-  const std::int64_t T = logits.rows();
+S cross_entropy(Mat<S>& logits, std::span<const std::int32_t> targets, bool gradient, std::int64_t sequence_length = 0) {
+  const std::int64_t rows = logits.rows(), T = sequence_length > 0 ? sequence_length : rows;
   S loss = 0;
-  for (std::int64_t t = 0; t < T; ++t) {
+  for (std::int64_t t = 0; t < rows; ++t) {
     auto row = logits.row(t);
     const std::int32_t target = targets[static_cast<std::size_t>(t)];
     const Vec<S> e = (row.array() - row.maxCoeff()).exp();

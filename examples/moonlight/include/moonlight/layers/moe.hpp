@@ -30,9 +30,11 @@ struct Moe {
     S aux_value = 0;  // α·L_Bal of this layer
   };
 
-  Mat<S> forward(const Mat<S>& x, Tape* tape = nullptr, S aux_alpha = 0) const {
+  // `sequences`: how many sequences of equal length x's rows stack (the balance loss is per
+  // sequence, summed).
+  Mat<S> forward(const Mat<S>& x, Tape* tape = nullptr, S aux_alpha = 0, std::int64_t sequences = 1) const {
     const std::int64_t T = x.rows(), E = c->n_routed_experts;
-    Routing<S> routing = router.route(x);
+    Routing<S> routing = router.route(x, sequences);
     if (tape) tape->experts.assign(static_cast<std::size_t>(E), {});
     // The experts in parallel (inside a pass that already runs per thread, as training's, this is
     // one thread): each one's products then run single-threaded (OpenBLAS does so in an active

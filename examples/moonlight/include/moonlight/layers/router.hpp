@@ -21,13 +21,16 @@
 
 namespace moonlight::layers {
 
-// Where one pass's tokens go.
+// Where one pass's tokens go. A pass may stack several sequences of equal length (training):
+// the balance loss is per sequence.
 template <class S>
 struct Routing {
   Mat<S> score;                                      // sigmoid(router logits) [T, E]
   std::vector<std::vector<std::int64_t>> top;        // per token: the chosen experts, best first
   std::vector<S> norm;                               // per token: 1 / (Σ chosen scores + 1e-20), or 1
   std::vector<std::vector<std::int64_t>> tokens_of;  // per expert: its tokens, in order
+  std::int64_t sequence_length = 0;                  // rows per sequence
+  std::vector<std::int64_t> sequence_counts;         // [sequence, expert]: tokens routed there
 };
 
 template <class S>
@@ -36,7 +39,8 @@ struct Router {
   Weight<S> gate;  // [E, hidden]
   Weight<S> bias;  // e_score_correction_bias [1, E]: selection only, its gradient slot stays 0
 
-  Routing<S> route(const Mat<S>& x) const {
+  // Routes the rows of x, `sequences` sequences of equal length stacked.
+  Routing<S> route(const Mat<S>& x, std::int64_t sequences = 1) const {
     const std::int64_t T = x.rows(), E = c->n_routed_experts, k = c->num_experts_per_tok;
     const std::int64_t per_group = E / c->n_group;
     Routing<S> r;
@@ -44,6 +48,8 @@ struct Router {
     r.top.assign(static_cast<std::size_t>(T), {});
     r.norm.assign(static_cast<std::size_t>(T), S(1));
     r.tokens_of.assign(static_cast<std::size_t>(E), {});
+    r.sequence_length = T / sequences;
+    r.sequence_counts.assign(static_cast<std::size_t>(sequences * E), 0);
     std::vector<S> choice(static_cast<std::size_t>(E)), group_score(static_cast<std::size_t>(c->n_group));
     std::vector<std::int64_t> order(choice.size()), groups(group_score.size());
     for (std::int64_t t = 0; t < T; ++t) {
@@ -73,6 +79,7 @@ struct Router {
       for (std::int64_t j = 0; j < k; ++j) {
         r.top[t].push_back(order[j]);
         r.tokens_of[order[j]].push_back(t);
+        ++r.sequence_counts[static_cast<std::size_t>(t / r.sequence_length * E + order[j])];
         sum += r.score(t, order[j]);
       }
       if (c->norm_topk_prob) r.norm[t] = S(1) / (sum + static_cast<S>(1e-20));
@@ -85,22 +92,25 @@ struct Router {
     return r.score(t, e) * r.norm[static_cast<std::size_t>(t)] * static_cast<S>(c->routed_scaling_factor);
   }
 
-  // f_i = N_r/(K_r·T)·(tokens routed to i): a constant, the selection has no gradient.
-  S balance_fraction(const Routing<S>& r, std::int64_t e) const {
-    const auto T = static_cast<S>(r.score.rows());
-    return static_cast<S>(c->n_routed_experts) * static_cast<S>(r.tokens_of[e].size()) /
-           (static_cast<S>(c->num_experts_per_tok) * T);
+  // f_i = N_r/(K_r·T)·(tokens of token t's sequence routed to i), T the sequence's length: a
+  // constant, the selection has no gradient.
+  S balance_fraction(const Routing<S>& r, std::int64_t t, std::int64_t e) const {
+    const std::int64_t E = c->n_routed_experts;
+    const auto count = r.sequence_counts[static_cast<std::size_t>(t / r.sequence_length * E + e)];
+    return static_cast<S>(E) * static_cast<S>(count) /
+           (static_cast<S>(c->num_experts_per_tok) * static_cast<S>(r.sequence_length));
   }
 
-  // L_Bal = Σ_i f_i·P_i with P_i = mean_t s_{t,i} / Σ_j s_{t,j} over all experts.
+  // L_Bal = Σ_i f_i·P_i with P_i = mean_t s_{t,i} / Σ_j s_{t,j} over all experts, per sequence;
+  // summed over the sequences of the pass.
   S balance_loss(const Routing<S>& r) const {
     const std::int64_t T = r.score.rows();
     S total = 0;
     for (std::int64_t t = 0; t < T; ++t) {
       const S z = r.score.row(t).sum();
-      for (std::int64_t e = 0; e < c->n_routed_experts; ++e) total += balance_fraction(r, e) * r.score(t, e) / z;
+      for (std::int64_t e = 0; e < c->n_routed_experts; ++e) total += balance_fraction(r, t, e) * r.score(t, e) / z;
     }
-    return total / static_cast<S>(T);
+    return total / static_cast<S>(r.sequence_length);
   }
 
   // dx of the router input, given d loss / d(weight of expert e for token t) in `dweight` [T, E]
@@ -121,14 +131,14 @@ struct Router {
       }
     }
     // The balance loss reaches every expert's score: with s' = s / Z,
-    // d(α·L_Bal)/ds_{t,i} = α/(T·Z_t) · (f_i − Σ_j f_j·s'_{t,j}).
+    // d(α·L_Bal)/ds_{t,i} = α/(T·Z_t) · (f_i − Σ_j f_j·s'_{t,j}), T the sequence's length.
     if (aux_alpha > S(0)) {
       for (std::int64_t t = 0; t < T; ++t) {
         const S z = r.score.row(t).sum();
         S mean_f = 0;
-        for (std::int64_t e = 0; e < E; ++e) mean_f += balance_fraction(r, e) * r.score(t, e) / z;
+        for (std::int64_t e = 0; e < E; ++e) mean_f += balance_fraction(r, t, e) * r.score(t, e) / z;
         for (std::int64_t e = 0; e < E; ++e) {
-          const S ds = aux_alpha / (static_cast<S>(T) * z) * (balance_fraction(r, e) - mean_f);
+          const S ds = aux_alpha / (static_cast<S>(r.sequence_length) * z) * (balance_fraction(r, t, e) - mean_f);
           dlogits(t, e) += ds * r.score(t, e) * (S(1) - r.score(t, e));
         }
       }
