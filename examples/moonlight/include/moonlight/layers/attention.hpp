@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -42,6 +43,15 @@ void softmax_prefix(S* row, std::int64_t n, std::int64_t width) {
   std::fill(row + n, row + width, S(0));
 }
 
+// The largest logit of `scores` [T, keys] that the causal mask lets through: row t's first
+// pos0 + t + 1 entries.
+template <class S>
+S max_causal_logit(const Mat<S>& scores, std::int64_t pos0) {
+  S m = -std::numeric_limits<S>::infinity();
+  for (std::int64_t t = 0; t < scores.rows(); ++t) m = std::max(m, scores.row(t).head(pos0 + t + 1).maxCoeff());
+  return m;
+}
+
 template <class S>
 struct Attention {
   const Config* c = nullptr;
@@ -56,6 +66,7 @@ struct Attention {
     Mat<S> x, qa, q, kv_a, latent, kv, out;  // qa: the normalised q LoRA latent; kv_a: k_pe rotated
     typename RmsNorm<S>::Tape qa_norm, kv_norm;
     std::vector<Mat<S>> probs;  // per head [T, T]
+    std::vector<S> max_logit;   // per head: the largest logit that reached the softmax (QK-clip)
   };
 
   // The attention output (after o_proj) for `x` [T, hidden]. With `cache` (fp32 only), the tokens
@@ -109,6 +120,7 @@ struct Attention {
     Mat<S> out(T, H * dv);
     Mat<S> kv;
     if (tape) tape->probs.assign(static_cast<std::size_t>(H), Mat<S>());
+    if (tape) tape->max_logit.assign(static_cast<std::size_t>(H), -std::numeric_limits<S>::infinity());
     if (path == AttentionPath::decompressed) {
       // Per-head keys and values of every key: [keys, H·(dn + dv)].
       kv = cache ? linear(Mat<S>(key_latent), kv_b_proj) : linear(latent, kv_b_proj);
@@ -118,6 +130,7 @@ struct Attention {
         product(q.block(0, h * dqk, T, dn), no, kv.block(0, h * (dn + dv), keys, dn), yes, scores);
         product(q.block(0, h * dqk + dn, T, dr), no, k_pe, yes, scores, S(1));
         scores *= scale;
+        if (tape) tape->max_logit[static_cast<std::size_t>(h)] = max_causal_logit(scores, pos0);
         for (std::int64_t t = 0; t < T; ++t) softmax_prefix(scores.row(t).data(), pos0 + t + 1, keys);
         product(scores, no, kv.block(0, h * (dn + dv) + dn, keys, dv), no, out.block(0, h * dv, T, dv));
         if (tape) tape->probs[static_cast<std::size_t>(h)] = std::move(scores);
