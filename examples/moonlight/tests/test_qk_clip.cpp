@@ -43,7 +43,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // once each, and q, k and the logit are recomputed from them in fp32 (sums of 16–64 products, of
 // one sign of cancellation or another). Measured: at most 1.6e-7 relative on these fixtures; the
 // bound leaves room for other summation orders (BLAS builds) without admitting a wrong factor
-// (√γ for γ on q_rope moves a maximum by ≥ 1e-2 here).
+// (√γ instead of γ on q_rope moves the clipped maxima by 1.6e-3 to 0.17 of τ here).
 constexpr double kTauTolerance = 2e-6;
 
 struct Batch {
@@ -294,6 +294,12 @@ TEST_CASE("the trainer clips after each step by the step's maxima, and logs them
   // The first step: the same weights and batch, so the same maxima; the clip comes after.
   const moonlight::StepMetrics a = plain.train_step(), b = clipped.train_step();
   CHECK(a.max_logits == b.max_logits);
+  // Over every micro-batch and thread: 2 micro-batches of 4 give the maxima of one batch of 8.
+  moonlight::RunConfig one_batch = clip_run({});
+  one_batch.training.micro_batch = 8;
+  one_batch.training.grad_accum = 1;
+  Trainer whole(one_batch, data, tokenizer_file, dir.path() / "whole", {});
+  CHECK(whole.train_step().max_logits == a.max_logits);
   REQUIRE(b.max_logits.size() == 3);
   CHECK(b.max_logits[0].size() == 4);
   CHECK(!a.qk_clipped.has_value());
