@@ -471,6 +471,24 @@ TEST_CASE("copy_each copies many pairs per launch, and sum_squares_each sums man
   CHECK_THROWS_AS(gpu.copy_each(mismatched), muon::ShapeMismatch);
 }
 
+TEST_CASE("scale_row_blocks scales exactly the blocks' rows in device memory") {
+  // QK-clip's weight surgery (muon/row_scale.hpp) on the device: f·x is one rounding on either
+  // side, so the result equals the host's bit for bit, and rows outside the blocks keep theirs.
+  CudaBackend gpu;
+  constexpr std::int64_t cols = 37, rows = 40;
+  const auto before = random_values(rows * cols, 13);
+  Device dv(gpu, before);
+  const muon::RowBlockScale blocks[] = {{.first_row = 3, .rows = 5, .factor = 0.7310586f},
+                                        {.first_row = 20, .rows = 1, .factor = 0.5f},
+                                        {.first_row = 39, .rows = 1, .factor = 3.0f}};
+  muon::scale_row_blocks(gpu, dv.span(), cols, blocks);
+  auto expected = before;
+  for (const muon::RowBlockScale& b : blocks)
+    for (std::int64_t k = b.first_row * cols; k < (b.first_row + b.rows) * cols; ++k)
+      expected[static_cast<std::size_t>(k)] = b.factor * before[static_cast<std::size_t>(k)];
+  CHECK(download(gpu, dv.span()) == expected);
+}
+
 TEST_CASE("update: a bf16 update decays and moves fp32 parameters") {
   CudaBackend gpu;
   const auto w = random_values(5000, 13), u = random_values(5000, 14);

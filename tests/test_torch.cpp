@@ -5,6 +5,7 @@
 #include <muon/backends/eigen.hpp>
 #include <muon/io/safetensors.hpp>
 #include <muon/libtorch/muon.hpp>
+#include <muon/row_scale.hpp>
 
 // LibTorch brings glog, whose CHECK macro would silently replace doctest's: use doctest's
 // prefixed names only.
@@ -296,4 +297,20 @@ DOCTEST_TEST_CASE("moonlight_param_groups routes by Moonlight's policy, with pat
   DOCTEST_CHECK(groups[1].params().size() == 5);  // embedding, up_proj.bias, norm weight and bias, lm_head
   const auto all_muon = muon::libtorch::moonlight_param_groups(tiny, MuonOptions(1e-3), {});
   DOCTEST_CHECK(all_muon[0].params().size() == 3);  // no name patterns: every 2-D tensor goes to Muon
+}
+
+DOCTEST_TEST_CASE("scale_row_blocks on tensor memory: each block's rows times its factor, bit for bit, the rest untouched") {
+  // QK-clip's weight surgery (muon/row_scale.hpp) through the adapter's backend.
+  muon::libtorch::TorchBackend backend;
+  ::torch::manual_seed(3);
+  auto w = ::torch::randn({12, 5});
+  const std::vector<float> before(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+  const muon::RowBlockScale blocks[] = {{.first_row = 1, .rows = 2, .factor = 0.7310586f},
+                                        {.first_row = 9, .rows = 3, .factor = 3.0f}};
+  muon::scale_row_blocks(backend, std::span<float>(w.data_ptr<float>(), before.size()), 5, blocks);
+  std::vector<float> expected = before;
+  for (const muon::RowBlockScale& b : blocks)
+    for (std::int64_t k = b.first_row * 5; k < (b.first_row + b.rows) * 5; ++k)
+      expected[static_cast<std::size_t>(k)] = b.factor * before[static_cast<std::size_t>(k)];
+  DOCTEST_CHECK(std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel()) == expected);
 }

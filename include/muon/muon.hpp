@@ -15,6 +15,7 @@
 #include "muon/options.hpp"          // IWYU pragma: export
 #include "muon/orthogonalize.hpp"    // IWYU pragma: export
 #include "muon/parameter.hpp"        // IWYU pragma: export
+#include "muon/row_scale.hpp"        // IWYU pragma: export
 #include "muon/schedule.hpp"         // IWYU pragma: export
 #include "muon/state.hpp"            // IWYU pragma: export
 #include "muon/step_driver.hpp"      // IWYU pragma: export

@@ -236,7 +236,7 @@ TEST_CASE("a pass over stacked sequences equals the sum of one pass per sequence
     separate_aux += value;
   }
   const double stacked_objective = moonlight::loss_and_gradients<double>(
-      c, model.weights(), values, inputs, targets, stacked, &stacked_load, {.alpha = 0.5, .value = &value}, 3);
+      c, model.weights(), values, inputs, targets, stacked, &stacked_load, {.alpha = 0.5, .value = &value}, nullptr, 3);
   CHECK(stacked_objective == doctest::Approx(separate_objective).epsilon(1e-12));
   CHECK(value == doctest::Approx(separate_aux).epsilon(1e-12));
   CHECK(stacked_load.tokens == separate_load.tokens);
@@ -247,7 +247,7 @@ TEST_CASE("a pass over stacked sequences equals the sum of one pass per sequence
   }
   CHECK(err <= 1e-12 * scale);
   CHECK_THROWS_AS(moonlight::loss_and_gradients<double>(c, model.weights(), values, std::span(inputs).first(3 * T - 1),
-                                                        std::span(targets).first(3 * T - 1), stacked, nullptr, {}, 3),
+                                                        std::span(targets).first(3 * T - 1), stacked, nullptr, {}, nullptr, 3),
                   muon::InvalidArgument);
 }
 

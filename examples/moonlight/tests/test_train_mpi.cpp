@@ -1,6 +1,6 @@
 // Data-parallel training over ZeRO-1 (moonlight/trainer.hpp with muon::distributed::MpiCommunicator),
 // run by CTest under mpirun at 2 and 3 ranks: the same global batch gives the single-process
-// result, and a data-parallel run resumes bit for bit.
+// result, a data-parallel run resumes bit for bit, and QK-clip clips alike on every rank.
 // This binary has its own main (MPI must start before the tests and agree on the result).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
@@ -120,6 +120,40 @@ TEST_CASE("a data-parallel run resumes bit for bit from its checkpoint") {
   resumed.train([](const moonlight::StepMetrics&) {});
   const auto a = straight.weights().data(), b = resumed.weights().data();
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("QK-clip: every rank clips by the maxima of all ranks, so the weights stay equal bit for bit") {
+  MpiCommunicator comm;
+  SharedDir dir(comm, "qk_clip");
+  const moonlight::PackedSequences data = noise_data();
+  moonlight::RunConfig run = run_with_micro_batch(kGlobalBatch / comm.size());
+  moonlight::RunConfig single_run = run_with_micro_batch(kGlobalBatch);
+  // τ between the heads' maxima of the first step (1.3 to 2.1), so that some heads clip, some not.
+  run.training.qk_clip = single_run.training.qk_clip = {.enabled = true, .tau = 1.7};
+  moonlight::Trainer<MpiCommunicator> dp(run, data, tokenizer_file, dir.path / "dp", comm);
+  moonlight::Trainer<muon::distributed::SelfCommunicator> single(single_run, data, tokenizer_file,
+                                                                 dir.path / ("single" + std::to_string(comm.rank())), {});
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    const moonlight::StepMetrics a = dp.train_step(), b = single.train_step();
+    REQUIRE(a.qk_clipped.has_value());
+    // The first step's weights are the same everywhere: the maxima over all ranks' sequences are
+    // the single process's over the same global batch, bit for bit.
+    if (step == 0) {
+      CHECK(a.max_logits == b.max_logits);
+      CHECK(a.qk_clipped == b.qk_clipped);
+      CHECK(*a.qk_clipped > 0);
+      CHECK(*a.qk_clipped < 12);
+    }
+    // Right after the clip (before the next step's all-gather could hide a difference), every
+    // rank holds rank 0's weights bit for bit.
+    const auto mine = dp.weights().data();
+    std::vector<float> rank0(mine.begin(), mine.end());
+    comm.broadcast(std::span<float>(rank0), 0);
+    std::int64_t differ[] = {std::memcmp(rank0.data(), mine.data(), mine.size() * sizeof(float)) != 0 ? 1 : 0};
+    comm.all_reduce(std::span<std::int64_t>(differ), muon::distributed::ReduceOp::max);
+    CHECK(differ[0] == 0);
+  }
 }
 
 int main(int argc, char** argv) { return muon::test::run_doctest_under_mpi(argc, argv); }

@@ -153,7 +153,9 @@ int train(const TrainArgs& args, C comm) {
     step_seconds += m.step_seconds;
     if (!rank0) return;
     progress.update({.step = m.step, .total_steps = m.total_steps, .loss = m.loss, .tokens_per_s = m.tokens_per_second,
-                     .lr = m.lr, .elapsed_s = step_seconds, .first_step = first_step});
+                     .lr = m.lr, .elapsed_s = step_seconds, .first_step = first_step,
+                     .max_logit = m.max_logits.empty() ? std::nullopt : std::optional(MaxLogits{m.max_logits}.overall()),
+                     .qk_clipped = m.qk_clipped});
     if (m.val_loss) {
       progress.note("step " + std::to_string(m.step) + ": validation loss " + std::to_string(*m.val_loss) +
                     ", expert load max/mean " + std::to_string(m.load_imbalance));

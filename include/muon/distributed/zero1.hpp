@@ -149,6 +149,8 @@ class ZeroOptimizer {
   [[nodiscard]] const Plan& plan() const { return plan_; }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
   [[nodiscard]] C& communicator() { return comm_; }
+  // The backend the parameters' memory belongs to: for work on the weights between steps.
+  [[nodiscard]] B& backend() { return backend_; }
 
   // Optimizer-state floats this rank holds (momenta and moments of its pieces), as allocated.
   [[nodiscard]] std::int64_t state_elements() {

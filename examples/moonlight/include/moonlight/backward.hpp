@@ -28,6 +28,7 @@
 #include "moonlight/config.hpp"
 #include "moonlight/model.hpp"
 #include "moonlight/network.hpp"
+#include "moonlight/qk_clip.hpp"
 #include "moonlight/weights.hpp"
 #include "muon/error.hpp"
 
@@ -62,15 +63,17 @@ void check_pass(const Network<S>& net, std::span<const std::int32_t> inputs, std
 // `grads`. `layout` gives each tensor's offset; `values` and `grads` are buffers of its size.
 // With `load`, the tokens routed to each expert are added to load->tokens[layer][expert] (sized
 // here on first use; dense layers keep an empty row), for the balancing rule of balancing.hpp.
-// With aux.alpha > 0 the returned objective and the gradients include the balance loss.
-// `sequences` > 1: inputs and targets stack that many sequences of equal length, each from
-// position 0 and attending within itself; the result and the gradients are the sums over them of
-// one sequence's (the trainer passes each thread's sequences at once, so that every product has
-// more rows: docs/performance.md).
+// With aux.alpha > 0 the returned objective and the gradients include the balance loss. With
+// `max_logits`, each layer's per-head largest attention logit is max-ed into it (sized here on
+// first use), for QK-clip (qk_clip.hpp). `sequences` > 1: inputs and targets stack that many
+// sequences of equal length, each from position 0 and attending within itself; the result and the
+// gradients are the sums over them of one sequence's (the trainer passes each thread's sequences
+// at once, so that every product has more rows: docs/performance.md).
 template <class S>
 S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> values,
                      std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets, std::span<S> grads,
-                     ExpertLoad* load = nullptr, const AuxLoss& aux = {}, std::int64_t sequences = 1) {
+                     ExpertLoad* load = nullptr, const AuxLoss& aux = {}, MaxLogits* max_logits = nullptr,
+                     std::int64_t sequences = 1) {
   if (!(aux.alpha >= 0.0) || !std::isfinite(aux.alpha))
     throw muon::InvalidArgument("AuxLoss.alpha must be finite and >= 0, got " + std::to_string(aux.alpha));
   if (grads.size() != values.size())
@@ -89,6 +92,10 @@ S loss_and_gradients(const Config& c, const Weights& layout, std::span<const S> 
   for (std::size_t l = 0; l < net.decoder.size(); ++l) {
     const DecoderLayer<S>& L = net.decoder[l];
     L.forward(h, &tapes[l], static_cast<S>(aux.alpha), nullptr, 0, AttentionPath::decompressed, sequences);
+    if (max_logits) {
+      if (max_logits->heads.empty()) *max_logits = MaxLogits::empty(c);
+      max_logits->add(l, std::span<const S>(tapes[l].attention.max_logit));
+    }
     if (!L.is_moe) continue;
     aux_total += tapes[l].moe.aux_value;
     if (load) {
@@ -126,9 +133,9 @@ S forward_loss(const Config& c, const Weights& layout, std::span<const S> values
 // The fp32 training entry point on a loaded model's weights.
 inline float loss_and_gradients(const Model& model, std::span<const std::int32_t> inputs,
                                 std::span<const std::int32_t> targets, std::span<float> grads,
-                                ExpertLoad* load = nullptr, const AuxLoss& aux = {}) {
+                                ExpertLoad* load = nullptr, const AuxLoss& aux = {}, MaxLogits* max_logits = nullptr) {
   return loss_and_gradients<float>(model.config(), model.weights(), model.weights().data(), inputs, targets, grads,
-                                   load, aux);
+                                   load, aux, max_logits);
 }
 
 }  // namespace moonlight

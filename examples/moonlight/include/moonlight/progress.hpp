@@ -2,6 +2,9 @@
 //
 //   step  120/1000 [===>                ]  12% | loss 4.213 | 18.3k tok/s | lr 4.20e-04 | ETA 3m12s
 //
+// With the step's largest attention logit, "| max logit 31.4" goes before the ETA; with QK-clip
+// on, "| max logit 131.4, 3 clipped" (heads rescaled after the step).
+//
 // On a terminal the line is redrawn in place (carriage return); into a file or a pipe a plain
 // line goes out every `plain_every` steps and at the last, so logs stay readable.
 //
@@ -16,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 namespace moonlight {
@@ -28,6 +32,8 @@ struct ProgressState {
   double lr = 0.0;
   double elapsed_s = 0.0;  // since this process started training (the ETA extrapolates it)
   std::int64_t first_step = 0;  // the step this process started from (non-zero after a resume)
+  std::optional<double> max_logit{};        // over layers and heads, of the step
+  std::optional<std::int64_t> qk_clipped{};  // heads QK-clip rescaled after the step
 };
 
 // 950, 18.3k, 1.2M.
@@ -58,11 +64,16 @@ struct ProgressState {
   const std::int64_t this_run = s.step - s.first_step;
   const std::string eta =
       this_run > 0 ? human_duration(s.elapsed_s / static_cast<double>(this_run) * static_cast<double>(s.total_steps - s.step)) : "?";
-  char text[256];
-  std::snprintf(text, sizeof text, "step %*lld/%lld [%s] %3d%% | loss %.3f | %s tok/s | lr %.2e | ETA %s",
+  char logit[64] = "";
+  if (s.max_logit && s.qk_clipped)
+    std::snprintf(logit, sizeof logit, " | max logit %.1f, %lld clipped", *s.max_logit, static_cast<long long>(*s.qk_clipped));
+  else if (s.max_logit)
+    std::snprintf(logit, sizeof logit, " | max logit %.1f", *s.max_logit);
+  char text[320];
+  std::snprintf(text, sizeof text, "step %*lld/%lld [%s] %3d%% | loss %.3f | %s tok/s | lr %.2e%s | ETA %s",
                 static_cast<int>(std::to_string(s.total_steps).size()), static_cast<long long>(s.step),
                 static_cast<long long>(s.total_steps), bar.c_str(), static_cast<int>(done * 100.0), s.loss,
-                human_count(s.tokens_per_s).c_str(), s.lr, eta.c_str());
+                human_count(s.tokens_per_s).c_str(), s.lr, logit, eta.c_str());
   return text;
 }
 

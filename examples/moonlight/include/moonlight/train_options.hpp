@@ -41,6 +41,13 @@ enum class OptimizerSplit { muon, adamw };
 // The lr schedule's shape over training.steps.
 enum class LrShape { wsd, cosine, constant };
 
+// QK-clip (qk_clip.hpp): after each step, every attention head whose largest logit of the step
+// exceeded tau is rescaled so that it would have been tau. Off by default; tau is Kimi K2's.
+struct QkClipOptions {
+  bool enabled = false;
+  double tau = 100.0;
+};
+
 struct TrainOptions {
   std::int64_t steps = 200;
   std::int64_t seq_len = 64;
@@ -61,6 +68,7 @@ struct TrainOptions {
   std::uint64_t seed = 1;             // initial weights and data order
   // Newton–Schulz's products: bf16 where the CPU has bf16 instructions, else fp32 (automatic).
   muon::NsPrecision ns_precision = muon::NsPrecision::automatic;
+  QkClipOptions qk_clip{};
 };
 
 // The optimizer's defaults for a Moonlight run, where they differ from muon::Options's.
@@ -87,6 +95,11 @@ struct muon::EnumNames<moonlight::LrShape> {
                                     std::pair{moonlight::LrShape::constant, "constant"}};
 };
 template <>
+struct muon::Schema<moonlight::QkClipOptions> {
+  using T = moonlight::QkClipOptions;
+  static constexpr auto fields = std::tuple{field("enabled", &T::enabled), field("tau", &T::tau, kPositive)};
+};
+template <>
 struct muon::Schema<moonlight::TrainOptions> {
   using T = moonlight::TrainOptions;
   static constexpr auto fields = std::tuple{
@@ -107,7 +120,8 @@ struct muon::Schema<moonlight::TrainOptions> {
       field("checkpoint_every", &T::checkpoint_every, kNonNegative),
       field("keep_checkpoints", &T::keep_checkpoints, Limits{.min = 1}),
       field("seed", &T::seed),
-      field("ns_precision", &T::ns_precision)};
+      field("ns_precision", &T::ns_precision),
+      field("qk_clip", &T::qk_clip)};
   static void check(const T& o, const std::string& path) {
     if (o.schedule != moonlight::LrShape::constant && o.warmup_steps >= o.steps)
       throw InvalidArgument(path + ".warmup_steps (" + std::to_string(o.warmup_steps) + ") must be below " + path +

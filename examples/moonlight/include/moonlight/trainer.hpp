@@ -7,7 +7,9 @@
 //   → the buffers summed in thread order and averaged (deterministic for a given thread count)
 //   → the ZeRO-1 optimizer (muon/distributed/zero1.hpp): mean over ranks, clipping, Muon on matrices
 //     and AdamW on the rest, the lr schedule
-//   → the aux-loss-free bias update from the expert loads summed over all ranks (balancing.hpp).
+//   → the aux-loss-free bias update from the expert loads summed over all ranks (balancing.hpp)
+//   → with training.qk_clip.enabled, QK-clip (qk_clip.hpp) of every head whose largest attention
+//     logit of the step (max over threads, micro-batches and ranks) exceeded τ.
 // With one process the communicator is muon::distributed::SelfCommunicator; under mpirun it is MPI, and
 // each rank takes its own slice of every global batch (micro_batch × grad_accum × ranks sequences).
 // The k-th sequence of the run is fixed by the seed (corpus.hpp), so resuming from a checkpoint
@@ -46,6 +48,7 @@
 #include "moonlight/config.hpp"
 #include "moonlight/corpus.hpp"
 #include "moonlight/metrics_log.hpp"
+#include "moonlight/qk_clip.hpp"
 #include "moonlight/train_options.hpp"
 #include "moonlight/weights.hpp"
 #include "muon/backends/eigen.hpp"
@@ -96,6 +99,8 @@ struct StepMetrics {
   double load_imbalance = 0.0;  // max over experts of tokens / mean tokens, averaged over MoE layers
   std::optional<double> val_loss{};
   std::vector<std::vector<std::int64_t>> expert_load{};  // [MoE layer][expert], on evaluation steps
+  std::vector<std::vector<double>> max_logits{};  // [layer][head]: the step's largest attention logits
+  std::optional<std::int64_t> qk_clipped{};        // heads QK-clip rescaled (with training.qk_clip.enabled)
 };
 
 [[nodiscard]] inline nlohmann::json to_json(const StepMetrics& m) {
@@ -111,6 +116,8 @@ struct StepMetrics {
   if (m.aux_loss != 0.0) j["aux_loss"] = m.aux_loss;
   if (m.val_loss) j["val_loss"] = *m.val_loss;
   if (!m.expert_load.empty()) j["expert_load"] = m.expert_load;
+  if (!m.max_logits.empty()) j["max_logits"] = m.max_logits;
+  if (m.qk_clipped) j["qk_clipped"] = *m.qk_clipped;
   return j;
 }
 
@@ -209,12 +216,13 @@ class Trainer {
     const auto start = std::chrono::steady_clock::now();
     std::ranges::fill(grads_, 0.0f);
     load_ = empty_load();
+    MaxLogits max_logits = MaxLogits::empty(run_.model);
     PassResult pass;
     for (std::int64_t a = 0; a < o.grad_accum; ++a) {
       std::vector<std::span<const std::int32_t>> sequences;
       const std::int64_t first = ((step() * o.grad_accum + a) * world() + rank()) * o.micro_batch;
       for (std::int64_t j = 0; j < o.micro_batch; ++j) sequences.push_back(data_.train(order_.at(first + j)));
-      const PassResult r = run_sequences(sequences, load_);
+      const PassResult r = run_sequences(sequences, load_, max_logits);
       pass.loss_sum += r.loss_sum;
       pass.aux_sum += r.aux_sum;
     }
@@ -228,10 +236,18 @@ class Trainer {
     std::vector<std::int64_t> counts = flatten(load_);
     optimizer_.communicator().all_reduce(std::span<std::int64_t>(counts), muon::distributed::ReduceOp::sum);
     unflatten(counts, load_);
+    // Every rank clips by the same maxima, so the all-gathered weights stay equal bit for bit.
+    std::vector<double> maxima = max_logits.flat();
+    optimizer_.communicator().all_reduce(std::span<double>(maxima), muon::distributed::ReduceOp::max);
+    max_logits.assign_flat(maxima);
 
     const auto before_optimizer = std::chrono::steady_clock::now();
     const muon::StepReport report = optimizer_.step();
     const auto after_optimizer = std::chrono::steady_clock::now();
+    std::optional<std::int64_t> clipped;
+    // On the full weights every rank holds after the step's all-gather; a skipped step changes nothing.
+    if (o.qk_clip.enabled)
+      clipped = report.skipped ? 0 : qk_clip(optimizer_.backend(), weights_, run_.model, max_logits, o.qk_clip.tau);
     if (o.bias_update_rate > 0.0) update_expert_bias(weights_, run_.model, load_, o.bias_update_rate);
     const std::int64_t tokens = tokens_per_step();
     tokens_ += tokens;
@@ -248,7 +264,9 @@ class Trainer {
                   .step_seconds = total.count(),
                   .optimizer_seconds = in_optimizer.count(),
                   .tokens_per_second = static_cast<double>(tokens) / total.count(),
-                  .load_imbalance = load_imbalance(load_)};
+                  .load_imbalance = load_imbalance(load_),
+                  .max_logits = std::move(max_logits.heads),
+                  .qk_clipped = clipped};
     return m;
   }
 
@@ -274,8 +292,10 @@ class Trainer {
 
   // Forward and backward over `sequences` (of equal length), each thread taking a contiguous share
   // in one pass (stacked, so that its products have that many more rows); gradients land in
-  // grads_ (summed, in thread order), expert loads into `load`.
-  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad& load) {
+  // grads_ (summed, in thread order), expert loads into `load`, the largest attention logits into
+  // `max_logits`.
+  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad& load,
+                           MaxLogits& max_logits) {
     int threads = 1;
 #ifdef _OPENMP
     threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(sequences.size())));
@@ -287,6 +307,7 @@ class Trainer {
     for (std::vector<float>& g : thread_grads_) g.assign(grads_.size(), 0.0f);
     std::vector<ExpertLoad> loads(static_cast<std::size_t>(threads), empty_load());
     std::vector<PassResult> results(static_cast<std::size_t>(threads));
+    std::vector<MaxLogits> thread_logits(static_cast<std::size_t>(threads), MaxLogits::empty(run_.model));
     const auto n = static_cast<std::int64_t>(sequences.size());
     std::span<const float> values = weights_.data();
 #pragma omp parallel num_threads(threads)
@@ -307,7 +328,8 @@ class Trainer {
       double aux = 0.0;
       const double objective =
           loss_and_gradients<float>(run_.model, weights_, values, inputs, targets, grads, &loads[ut],
-                                    {.alpha = run_.training.aux_loss_alpha, .value = &aux}, last - first);
+                                    {.alpha = run_.training.aux_loss_alpha, .value = &aux}, &thread_logits[ut],
+                                    last - first);
       results[ut].loss_sum += objective - aux;
       results[ut].aux_sum += aux;
     }
@@ -315,6 +337,7 @@ class Trainer {
     for (std::size_t t = 0; t < results.size(); ++t) {
       total.loss_sum += results[t].loss_sum;
       total.aux_sum += results[t].aux_sum;
+      max_logits.add(thread_logits[t]);
       if (t > 0)
         for (std::size_t k = 0; k < grads_.size(); ++k) grads_[k] += thread_grads_[t - 1][k];
       for (std::size_t l = 0; l < load.tokens.size(); ++l)

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -43,6 +44,15 @@ void softmax_prefix(S* row, std::int64_t n, std::int64_t width) {
   std::fill(row + n, row + width, S(0));
 }
 
+// The largest logit of `scores` [T, keys] that the causal mask lets through: row t's first
+// pos0 + t + 1 entries.
+template <class S>
+S max_causal_logit(const Mat<S>& scores, std::int64_t pos0) {
+  S m = -std::numeric_limits<S>::infinity();
+  for (std::int64_t t = 0; t < scores.rows(); ++t) m = std::max(m, scores.row(t).head(pos0 + t + 1).maxCoeff());
+  return m;
+}
+
 template <class S>
 struct Attention {
   const Config* c = nullptr;
@@ -58,6 +68,7 @@ struct Attention {
     typename RmsNorm<S>::Tape qa_norm, kv_norm;
     std::int64_t sequences = 1;
     std::vector<Mat<S>> probs;  // per sequence and head [T, T]
+    std::vector<S> max_logit;   // per head: the largest logit that reached the softmax (QK-clip)
   };
 
   // The attention output (after o_proj) for `x` [rows, hidden]. With `cache` (fp32 only), the
@@ -116,9 +127,11 @@ struct Attention {
 
     Mat<S> out(rows_in, H * dv);
     Mat<S> kv;
+    std::vector<S> max_logit;  // per sequence and head
     if (tape) {
       tape->sequences = sequences;
       tape->probs.assign(static_cast<std::size_t>(sequences * H), Mat<S>());
+      max_logit.assign(static_cast<std::size_t>(sequences * H), -std::numeric_limits<S>::infinity());
     }
     if (path == AttentionPath::decompressed) {
       // Per-head keys and values of every key: [keys, H·(dn + dv)].
@@ -130,6 +143,7 @@ struct Attention {
         product(q.block(q0, h * dqk, T, dn), no, kv.block(k0, h * (dn + dv), keys, dn), yes, scores);
         product(q.block(q0, h * dqk + dn, T, dr), no, k_pe.middleRows(k0, keys), yes, scores, S(1));
         scores *= scale;
+        if (tape) max_logit[static_cast<std::size_t>(bh)] = max_causal_logit(scores, pos0);
         for (std::int64_t t = 0; t < T; ++t) softmax_prefix(scores.row(t).data(), pos0 + t + 1, keys);
         product(scores, no, kv.block(k0, h * (dn + dv) + dn, keys, dv), no, out.block(q0, h * dv, T, dv));
         if (tape) tape->probs[static_cast<std::size_t>(bh)] = std::move(scores);
@@ -155,6 +169,12 @@ struct Attention {
     }
     Mat<S> y = linear(out, o_proj);
     if (tape) {
+      // Per head over the sequences, a max that keeps a NaN (as MaxLogits does).
+      tape->max_logit.assign(static_cast<std::size_t>(H), -std::numeric_limits<S>::infinity());
+      for (std::size_t i = 0; i < max_logit.size(); ++i) {
+        S& m = tape->max_logit[i % static_cast<std::size_t>(H)];
+        if (!std::isnan(m) && !(max_logit[i] < m)) m = max_logit[i];
+      }
       tape->x = x;
       tape->qa = std::move(qa);
       tape->q = std::move(q);
