@@ -2,6 +2,7 @@
 // scratch directories.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -39,5 +40,20 @@ struct ScratchDir {
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;
 };
+
+// Whether two steps' per-layer, per-head maximum attention logits agree within `relative` of each
+// value. Passes that stack other sequences together (another micro-batch split, thread or rank
+// count) run products of other row counts, whose BLAS blocking rounds a row's logits differently
+// in the last bits; the same split gives the same bits.
+inline bool same_maxima(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b,
+                        double relative = 1e-5) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t l = 0; l < a.size(); ++l) {
+    if (a[l].size() != b[l].size()) return false;
+    for (std::size_t h = 0; h < a[l].size(); ++h)
+      if (!(std::abs(a[l][h] - b[l][h]) <= relative * std::abs(b[l][h]))) return false;
+  }
+  return true;
+}
 
 }  // namespace moonlight::test

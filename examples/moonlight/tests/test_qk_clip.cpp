@@ -299,7 +299,8 @@ TEST_CASE("the trainer clips after each step by the step's maxima, and logs them
   one_batch.training.micro_batch = 8;
   one_batch.training.grad_accum = 1;
   Trainer whole(one_batch, data, tokenizer_file, dir.path() / "whole", {});
-  CHECK(whole.train_step().max_logits == a.max_logits);
+  // Within fp32 rounding (a thread stacks 4 sequences instead of 2): measured a few ulp.
+  CHECK(moonlight::test::same_maxima(whole.train_step().max_logits, a.max_logits));
   REQUIRE(b.max_logits.size() == 3);
   CHECK(b.max_logits[0].size() == 4);
   CHECK(!a.qk_clipped.has_value());

@@ -138,9 +138,10 @@ TEST_CASE("QK-clip: every rank clips by the maxima of all ranks, so the weights 
     const moonlight::StepMetrics a = dp.train_step(), b = single.train_step();
     REQUIRE(a.qk_clipped.has_value());
     // The first step's weights are the same everywhere: the maxima over all ranks' sequences are
-    // the single process's over the same global batch, bit for bit.
+    // the single process's over the same global batch, within fp32 rounding (each rank stacks
+    // fewer sequences per pass: other row counts, other BLAS blocking).
     if (step == 0) {
-      CHECK(a.max_logits == b.max_logits);
+      CHECK(moonlight::test::same_maxima(a.max_logits, b.max_logits));
       CHECK(a.qk_clipped == b.qk_clipped);
       CHECK(*a.qk_clipped > 0);
       CHECK(*a.qk_clipped < 12);
