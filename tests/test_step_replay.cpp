@@ -51,6 +51,9 @@ class RecordingBackend : public muon::test::ToyBackend {
   void normalize(muon::MatrixStack<float> x, float eps, muon::NormEps mode) {
     run([=](ToyBackend& t) { t.normalize(x, eps, mode); });
   }
+  void normalize_rows(muon::MatrixStack<float> x, std::span<float> v, muon::RowNormStep s) {
+    run([=](ToyBackend& t) { t.normalize_rows(x, v, s); });
+  }
   void momentum(std::span<float> m, std::span<const float> g, muon::MomentumStep s, std::span<float> u) {
     run([=](ToyBackend& t) { t.momentum(m, g, s, u); });
   }

@@ -268,7 +268,9 @@ DOCTEST_TEST_CASE("group options round-trip through torch::save and torch::load,
   net.set_gradients(5);
   saved.step();
   ::torch::save(saved, path.string());
-  muon::libtorch::Muon loaded(other.groups(MuonOptions(1.0)));
+  muon::Options receiving = muon::test::normuon_on();
+  receiving.lr = 1.0;
+  muon::libtorch::Muon loaded(other.groups(MuonOptions(receiving)));
   ::torch::load(loaded, path.string());
   DOCTEST_CHECK(loaded.step_count() == 1);
   for (auto& group : loaded.param_groups())

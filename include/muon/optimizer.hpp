@@ -36,8 +36,8 @@ template <class B>
 class Optimizer {
   static_assert(Backend<B>,
                 "muon::Optimizer<B>: B does not model muon::Backend. A backend needs Buffer and HostBuffer types "
-                "and the operations allocate, allocate_host, gemm, gram, axpby, normalize, momentum, adamw, update, "
-                "sum_squares, to_host, from_host and upload with the signatures in muon/backend.hpp.");
+                "and the operations allocate, allocate_host, gemm, gram, axpby, normalize, normalize_rows, momentum, "
+                "adamw, update, sum_squares, to_host, from_host and upload with the signatures in muon/backend.hpp.");
 
  public:
   explicit Optimizer(std::vector<Parameter> params, Options options = {}, B backend = {})
@@ -115,7 +115,13 @@ class Optimizer {
       throw StateMismatch("optimizer state '" + source + "': " + e.what());
     }
     check_step_counts(state.step, state.skipped_steps, source);
-    return stepper_.check_tensors(state.tensors, source);
+    auto staged = stepper_.check_tensors(state.tensors, source);
+    try {
+      check_state_layout(driver_.options().muon, state.options.muon);
+    } catch (const InvalidArgument& e) {
+      throw StateMismatch("optimizer state '" + source + "': " + e.what());
+    }
+    return staged;
   }
 
   StepDriver<B> driver_;
