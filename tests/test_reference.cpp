@@ -67,6 +67,9 @@ double relative_error(std::span<const float> a, std::span<const float> b) {
   return std::sqrt(err / ref);
 }
 
+// The larger error, NaN counting as the largest (std::max would drop it and pass a NaN run).
+double worse(double a, double b) { return std::isnan(a) || a > b ? a : b; }
+
 struct Errors {
   double update = 0.0;          // worst relative error of the accumulated update
   double second_moment = 0.0;   // NorMuon's v against the file's V1..VK, worst step (0 without them)
@@ -95,13 +98,13 @@ Errors replay_errors(const std::filesystem::path& path, muon::NsPrecision precis
       update[i] = w[i] - w0[i];
       expected_update[i] = expected[i] - w0[i];
     }
-    worst.update = std::max(worst.update, relative_error(update, expected_update));
+    worst.update = worse(relative_error(update, expected_update), worst.update);
     if (!opt.options().muon.normuon.enabled) continue;
     const auto v = file.to_float("V" + std::to_string(t));
     for (const muon::StateTensor& s : opt.export_state().tensors)
       if (s.name == "p/normuon_v") {
         REQUIRE(s.values.size() == v.size());
-        worst.second_moment = std::max(worst.second_moment, relative_error(s.values, v));
+        worst.second_moment = worse(relative_error(s.values, v), worst.second_moment);
       }
   }
   return worst;
