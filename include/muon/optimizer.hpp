@@ -69,9 +69,13 @@ class Optimizer {
   [[nodiscard]] std::int64_t step_count() const { return driver_.step_count(); }
   [[nodiscard]] std::int64_t skipped_steps() const { return driver_.skipped_steps(); }
   [[nodiscard]] const Options& options() const { return driver_.options(); }
+  // New options from the next step on; invalid ones (or ones that turn NorMuon the other way)
+  // throw InvalidArgument and change nothing.
   void set_options(Options options) {
-    driver_.set_options(options);
+    validate(options);
+    check_state_layout(driver_.options().muon, options.muon);
     stepper_.set_rule_options(options.muon, options.adamw);
+    driver_.set_options(std::move(options));
   }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return stepper_.parameters(); }
   [[nodiscard]] Rule rule_of(std::string_view name) const { return stepper_.rule_of(name); }
