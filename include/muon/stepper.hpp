@@ -98,6 +98,7 @@ class Stepper {
     adamw_options_ = adamw;
   }
 
+  [[nodiscard]] const MuonOptions& muon_options() const { return muon_options_; }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
   [[nodiscard]] Rule rule_of(std::string_view name) const { return route(params_.at(index_of(name))); }
   [[nodiscard]] B& backend() { return backend_; }

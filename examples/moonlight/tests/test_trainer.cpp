@@ -318,14 +318,15 @@ TEST_CASE("the optimizer table: Muon on matrices, AdamW elsewhere or everywhere,
   const moonlight::Config c = moonlight::Config::load(fixture("tiny_moonlight") / "config.json");
   moonlight::Weights w(c);
   std::vector<float> g(w.data().size());
-  for (const auto optimizer : {moonlight::OptimizerSplit::muon, moonlight::OptimizerSplit::adamw}) {
+  for (const auto optimizer :
+       {moonlight::OptimizerSplit::muon, moonlight::OptimizerSplit::adamw, moonlight::OptimizerSplit::normuon}) {
     const std::vector<muon::Parameter> table = moonlight::training_parameters(w, g, optimizer);
     CHECK(table.size() == w.tensors().size() - 2);  // two MoE layers, one bias each
     for (const muon::Parameter& p : table) {
       CHECK(p.name.find("e_score_correction_bias") == std::string::npos);
       const muon::Rule rule = p.rule.value_or(p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw);
-      CHECK(rule == (optimizer == moonlight::OptimizerSplit::muon && p.role == muon::Role::matrix ? muon::Rule::muon
-                                                                                                   : muon::Rule::adamw));
+      CHECK(rule == (optimizer != moonlight::OptimizerSplit::adamw && p.role == muon::Role::matrix ? muon::Rule::muon
+                                                                                                    : muon::Rule::adamw));
     }
   }
 }
@@ -337,6 +338,8 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
   };
   const moonlight::RunConfig d = run(nlohmann::json::object());
   CHECK(d.training.optimizer == moonlight::OptimizerSplit::muon);
+  CHECK(!moonlight::optimizer_options(d).muon.normuon.enabled);
+  CHECK(moonlight::optimizer_options(run({{"optimizer", "normuon"}})).muon.normuon.enabled);
   CHECK(d.muon.lr == 2e-3);
   CHECK(d.muon.max_grad_norm == 1.0);
   const moonlight::RunConfig o = run({{"steps", 10}, {"warmup_steps", 2}, {"schedule", "cosine"}}, {{"lr", 0.5}});
