@@ -6,10 +6,10 @@
 // RMS, so one lr and wd serve both rules (arXiv 2502.16982, Eq. 4).
 //
 // NorMuon (arXiv 2510.05491, MuonOptions::normuon) adds one stage after Newton–Schulz: each row
-// (output neuron) of O is divided by the root of an EMA of its mean square, v ← β₂v + (1−β₂)·mean_j O²,
-// O ← O/(√v + ε), and the matrix is then rescaled to ‖O‖_F = √min(rows, cols), the Frobenius norm
-// of an orthogonal matrix, so the scale mode gives the update the RMS it gives plain Muon
-// (docs/algorithms.md §16).
+// (output neuron) of O is divided by the root of an EMA of its mean square,
+// v ← β₂v + (1−β₂)·mean_j O², O ← O/(√v + ε), and the matrix is then rescaled to
+// ‖O‖_F = √min(rows, cols), the Frobenius norm of an orthogonal matrix, so the scale mode gives
+// the update the RMS it gives plain Muon for an orthogonal O (docs/algorithms.md §12).
 #pragma once
 
 #include <algorithm>
@@ -36,8 +36,8 @@ struct EnumNames<ScaleMode> {
                                     std::pair{ScaleMode::keller, "keller"}, std::pair{ScaleMode::none, "none"}};
 };
 
-// NorMuon's per-neuron second moment (arXiv 2510.05491; defaults of the paper's code). Whether it
-// is on decides the state buffers, so `enabled` is fixed for an optimizer's lifetime.
+// NorMuon's per-neuron second moment (docs/algorithms.md §12 gives the defaults' sources).
+// Whether it is on decides the state buffers, so `enabled` is fixed for an optimizer's lifetime.
 struct NorMuonOptions {
   bool enabled = false;
   float beta2 = 0.95f;
@@ -62,8 +62,8 @@ template <>
 struct Schema<MuonOptions> {
   static constexpr auto fields = std::tuple{
       field("momentum", &MuonOptions::momentum, kUnitInterval), field("momentum_form", &MuonOptions::momentum_form),
-      field("nesterov", &MuonOptions::nesterov),          field("scale", &MuonOptions::scale),
-      field("ns", &MuonOptions::ns),                      field("normuon", &MuonOptions::normuon)};
+      field("nesterov", &MuonOptions::nesterov), field("scale", &MuonOptions::scale), field("ns", &MuonOptions::ns),
+      field("normuon", &MuonOptions::normuon)};
 };
 
 [[nodiscard]] inline double update_scale(ScaleMode mode, std::int64_t rows, std::int64_t cols) {

@@ -365,7 +365,7 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
   CHECK_THROWS_WITH_AS(run({{"steps", "ten"}}), doctest::Contains("training.steps is \"ten\", expected an integer"),
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(run({{"optimizer", "sgd"}}),
-                       doctest::Contains("training.optimizer is \"sgd\", expected \"muon\" or \"adamw\""),
+                       doctest::Contains("training.optimizer is \"sgd\", expected \"muon\", \"adamw\" or \"normuon\""),
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(run({{"steps", 10}, {"warmup_steps", 10}}),
                        doctest::Contains("training.warmup_steps (10) must be below training.steps (10)"),
