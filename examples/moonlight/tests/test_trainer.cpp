@@ -377,3 +377,25 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
   CHECK_THROWS_WITH_AS(moonlight::load_run_config("/nonexistent/tiny.json"),
                        doctest::Contains("cannot open run config '/nonexistent/tiny.json'"), muon::FileError);
 }
+
+// `--optimizer normuon`: the trainer's optimizer runs NorMuon, its checkpoints carry the second
+// moments, and a resumed run equals an uninterrupted one.
+TEST_CASE("training.optimizer normuon trains with NorMuon and resumes bit for bit") {
+  muon::test::TempDir dir("train_normuon");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  Trainer muon_run(tiny_run(o), data, tokenizer_file, dir.path() / "muon", {});
+  (void)train(muon_run);
+  o.optimizer = moonlight::OptimizerSplit::normuon;
+  Trainer straight(tiny_run(o), data, tokenizer_file, dir.path() / "straight", {});
+  (void)train(straight);
+  CHECK(moonlight::optimizer_options(straight.run()).muon.normuon.enabled);
+  CHECK(!same_bits(straight.weights().data(), muon_run.weights().data()));
+
+  Trainer resumed(tiny_run(o), data, tokenizer_file, dir.path() / "resumed", {});
+  const fs::path step3 = dir.path() / "straight" / "checkpoints" / moonlight::checkpoint_name(3);
+  REQUIRE(fs::exists(step3));
+  resumed.resume(moonlight::open_checkpoint(step3));
+  (void)train(resumed);
+  CHECK(same_bits(straight.weights().data(), resumed.weights().data()));
+}
