@@ -61,6 +61,31 @@ __global__ void scale_matrices_kernel(const X* x, std::int64_t matrix_size, cons
     y[offset + i] = Y(to_float(x[offset + i]) * f);
 }
 
+// NorMuon's per-row normalisation (muon::RowNormStep): one block per row of the stack (all its
+// matrices' rows back to back, so v[blockIdx.x] is that row's second moment). Σx² in double, the
+// new v in double rounded to float once, the factor 1/(√v + ε) rounded to float: the Eigen
+// backend's arithmetic. One block per row keeps the row's reduction and its scaling in one launch.
+inline constexpr int kRowNormThreads = 128;
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock) normalize_rows_kernel(float* x, std::int64_t cols, float* v, float beta2, float eps) {
+  float* row = x + std::int64_t{blockIdx.x} * cols;
+  double s = 0.0;
+  for (std::int64_t j = threadIdx.x; j < cols; j += kBlock) {
+    const double e = row[j];
+    s += e * e;
+  }
+  s = block_sum<kBlock>(s);
+  __shared__ float factor;
+  if (threadIdx.x == 0) {
+    const double mean = s / static_cast<double>(cols);
+    const auto vr = static_cast<float>(double{beta2} * v[blockIdx.x] + (1.0 - double{beta2}) * mean);
+    v[blockIdx.x] = vr;
+    factor = static_cast<float>(1.0 / (sqrt(double{vr}) + eps));
+  }
+  __syncthreads();
+  for (std::int64_t j = threadIdx.x; j < cols; j += kBlock) row[j] *= factor;
+}
+
 // *flag ← 1 if any element is NaN or ±Inf; the caller clears it first. Every writer stores the
 // same value, so the race is benign and no atomics are needed.
 template <class T>

@@ -20,6 +20,7 @@ void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, Ma
 }
 void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y) { cpu().axpby(alpha, x, beta, y); }
 void normalize(MatrixStack<float> x, float eps, NormEps mode) { cpu().normalize(x, eps, mode); }
+void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s) { cpu().normalize_rows(x, v, s); }
 void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
   cpu().momentum(m, g, s, u);
 }

@@ -15,6 +15,7 @@ void gemm(float alpha, MatrixStack<const float> a, Transpose ta, MatrixStack<con
 void gram(float alpha, MatrixStack<const float> x, GramSide side, float beta, MatrixStack<float> c);
 void axpby(float alpha, std::span<const float> x, float beta, std::span<float> y);
 void normalize(MatrixStack<float> x, float eps, NormEps mode);
+void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s);
 void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u);
 void adamw(std::span<float> w, std::span<const float> g, std::span<float> m, std::span<float> v, AdamWStep s);
 void update(std::span<float> w, std::span<const float> o, UpdateStep s);

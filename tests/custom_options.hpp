@@ -2,7 +2,8 @@
 // the state file, JSON, ZeRO-1's agreement and load, the LibTorch adapter's archive and the
 // Moonlight run config. fields_all_set() proves it: a field added to a table later and not set
 // here makes the round-trip tests fail, and a member left out of its table fails the build
-// (muon/schema.hpp).
+// (muon/schema.hpp). NorMuon is on, so a receiving optimizer must be built with it on
+// (normuon_on): the switch decides the state buffers.
 #pragma once
 
 #include <muon/options.hpp>
@@ -25,13 +26,21 @@ inline Options custom_options() {
                    .eps_mode = NormEps::max,
                    .symmetric_products = false,
                    .method = NsMethod::gram,
-                   .gram_restart = 3}};
+                   .gram_restart = 3},
+            .normuon = {.enabled = true, .beta2 = 0.9f, .eps = 1e-7f}};
   o.adamw = {.beta1 = 0.85f, .beta2 = 0.99f, .eps = 1e-6f};
   o.muon_group = {.lr = 0.02, .weight_decay = 0.0};
   o.adamw_group = {.lr = 1e-3, .weight_decay = 0.05};
   o.schedule = WarmupStableDecay{.warmup_steps = 3, .stable_steps = 7, .decay_steps = 5, .final_ratio = 0.25};
   o.max_grad_norm = 0.75;
   o.on_non_finite = OnNonFinite::skip;
+  return o;
+}
+
+// Default options but for NorMuon, on: what receives a state saved with custom_options().
+inline Options normuon_on() {
+  Options o;
+  o.muon.normuon.enabled = true;
   return o;
 }
 

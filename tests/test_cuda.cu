@@ -6,6 +6,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <muon/backends/cuda.hpp>
@@ -155,6 +156,22 @@ TEST_CASE("every CUDA operation in fp32 conforms to the Eigen backend") {
     Device dx(gpu, x);
     gpu.normalize({dx.data(), batch, m, k}, 1e-7f, mode);
     CHECK(relative_error(download(gpu, dx.span()), expected) < kElementwiseTolerance);
+  }
+
+  {
+    // NorMuon's rows: the Eigen backend's double sums and float factors. Row 5 of the second
+    // matrix is zero (a dead neuron) with v = 0, where only ε keeps the result finite.
+    auto x = a, v = random_values(static_cast<std::size_t>(batch * m), 8);
+    for (float& e : v) e = e * e;
+    std::fill_n(x.begin() + (m + 5) * k, k, 0.0f);
+    v[static_cast<std::size_t>(m + 5)] = 0.0f;
+    auto xe = x, ve = v;
+    const muon::RowNormStep s{0.95f, 1e-8f};
+    ref::normalize_rows({xe.data(), batch, m, k}, ve, s);
+    Device dx(gpu, x), dv(gpu, v);
+    gpu.normalize_rows({dx.data(), batch, m, k}, dv.span(), s);
+    CHECK(relative_error(download(gpu, dx.span()), xe) < kElementwiseTolerance);
+    CHECK(relative_error(download(gpu, dv.span()), ve) < kElementwiseTolerance);
   }
 
   // Step 3 of a group with lr 0.01, weight decay 0.1 and a clipping factor of 0.5.
@@ -583,8 +600,9 @@ struct DeviceModel {
 
 }  // namespace
 
-TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
-  const muon::Options options{.lr = 0.02, .max_grad_norm = 1.0};
+namespace {
+
+void check_steps_equal_eigen(const muon::Options& options) {
   HostModel cpu_model;
   const HostModel before = cpu_model;
   ref::optimizer_steps(cpu_model.table(), options, 3);
@@ -610,6 +628,16 @@ TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
     CHECK(relative_error(delta(download(gpu, d.emb.span()), before.emb), delta(cpu_model.emb, before.emb)) < 1e-4);
     CHECK(relative_error(delta(download(gpu, d.norm.span()), before.norm), delta(cpu_model.norm, before.norm)) < 1e-4);
   }
+}
+
+}  // namespace
+
+TEST_CASE("three optimizer steps on the GPU equal the Eigen backend's") {
+  check_steps_equal_eigen({.lr = 0.02, .max_grad_norm = 1.0});
+}
+// NorMuon adds the row kernel and a second Frobenius normalisation; the bounds above hold.
+TEST_CASE("three NorMuon steps on the GPU equal the Eigen backend's") {
+  check_steps_equal_eigen({.lr = 0.02, .muon = {.normuon = {.enabled = true}}, .max_grad_norm = 1.0});
 }
 
 TEST_CASE("the one-synchronisation gradient check equals Optimizer::check_gradients") {

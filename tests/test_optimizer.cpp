@@ -295,3 +295,115 @@ TEST_CASE("load rejects a state that does not match the table, naming the first 
   CHECK_THROWS_WITH_AS(muon::load_state(fresh, path), doctest::Contains(path.filename().string().c_str()), muon::FileError);
   std::filesystem::remove(path);
 }
+
+namespace {
+
+const muon::Options kNorMuon{.lr = 0.02, .muon = {.normuon = {.enabled = true}}};
+
+std::vector<std::string> names_of(const muon::SavedState& s) {
+  std::vector<std::string> out;
+  for (const muon::StateTensor& t : s.tensors) out.push_back(t.name + " " + muon::to_string(t.shape));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("NorMuon keeps one second moment per row of each matrix, per expert for a stack") {
+  Model m;
+  Opt opt(m.table(), kNorMuon);
+  train(m, opt, 1);
+  const auto names = names_of(opt.export_state());
+  const auto has = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
+  CHECK(has("model.layers.0.self_attn.q_proj.weight/normuon_v [24]"));
+  CHECK(has("model.layers.0.mlp.experts/normuon_v [4, 12]"));
+  CHECK(!has("model.embed_tokens.weight/normuon_v [40]"));  // AdamW parameters have none
+  CHECK(opt.state_elements() == Opt(Model{}.table()).state_elements() + 24 + 4 * 12);
+}
+
+TEST_CASE("NorMuon's update has RMS 0.2 x lr exactly, whatever Newton-Schulz leaves of the singular values") {
+  Model m;
+  const auto q0 = m.q;
+  const double lr = 0.01;
+  Opt opt(m.table(), {.lr = lr, .weight_decay = 0.0, .muon = {.normuon = {.enabled = true}}});
+  (void)opt.step();
+  double ss = 0.0;
+  for (std::size_t i = 0; i < q0.size(); ++i) ss += std::pow(double{m.q[i]} - q0[i], 2);
+  // The rescale to √min(rows, cols) makes 0.2·√max·√min/√(rows·cols) = 0.2: fp32 rounding only.
+  CHECK(std::sqrt(ss / static_cast<double>(q0.size())) == doctest::Approx(0.2 * lr).epsilon(1e-5));
+}
+
+TEST_CASE("NorMuon with a zero gradient gives a zero update: only the decay moves the weights") {
+  Model m;
+  for (auto* g : {&m.demb, &m.dq, &m.dexperts, &m.dnorm, &m.dhead}) std::fill(g->begin(), g->end(), 0.0f);
+  const auto before = m.values();
+  Opt opt(m.table(), {.lr = 0.01, .weight_decay = 0.1, .muon = {.normuon = {.enabled = true}}});
+  (void)opt.step();
+  const auto after = m.values();
+  for (std::size_t t = 0; t < before.size(); ++t)
+    for (std::size_t i = 0; i < before[t].size(); ++i) {
+      REQUIRE(std::isfinite(after[t][i]));
+      CHECK(after[t][i] == doctest::Approx(before[t][i] * (1.0f - 0.01f * 0.1f)).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("NorMuon: save then load resumes bit-identically to an uninterrupted run") {
+  const auto path = temp_path("normuon_resume.safetensors");
+  muon::Options options = kNorMuon;
+  options.schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 8};
+  options.max_grad_norm = 5.0;
+  Model uninterrupted;
+  Opt full(uninterrupted.table(), options);
+  train(uninterrupted, full, 6);
+
+  Model first;
+  Opt before(first.table(), options);
+  train(first, before, 3);
+  muon::save_state(before, path);
+  Model resumed = first;
+  Opt after(resumed.table(), {.lr = 123.0, .muon = {.normuon = {.enabled = true}}});  // the saved options replace these
+  muon::load_state(after, path);
+  CHECK(after.options().muon.normuon.beta2 == 0.95f);
+  train(resumed, after, 3);
+  CHECK(resumed.values() == uninterrupted.values());
+  // And NorMuon did something: the same run without it ends elsewhere.
+  Model plain;
+  options.muon.normuon.enabled = false;
+  Opt muon_only(plain.table(), options);
+  train(plain, muon_only, 6);
+  CHECK(plain.values() != uninterrupted.values());
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("NorMuon's switch decides the state: a state or options with the other switch are refused, naming the parameter") {
+  Model m;
+  Opt on(m.table(), kNorMuon), off(m.table(), {.lr = 0.02});
+  train(m, on, 1);
+  train(m, off, 1);
+  const muon::SavedState with_v = on.export_state(), without_v = off.export_state();
+
+  Opt fresh_on(Model{}.table(), kNorMuon);
+  CHECK_THROWS_WITH_AS(fresh_on.import_state(without_v, "plain.safetensors"),
+                       doctest::Contains("tensor 'model.layers.0.self_attn.q_proj.weight/normuon_v' is missing (parameter "
+                                         "'model.layers.0.self_attn.q_proj.weight' has no saved normuon_v); NorMuon is on"),
+                       muon::StateMismatch);
+  CHECK(fresh_on.step_count() == 0);
+  Opt fresh_off(Model{}.table());
+  CHECK_THROWS_WITH_AS(fresh_off.import_state(with_v, "normuon.safetensors"),
+                       doctest::Contains("'model.layers.0.self_attn.q_proj.weight/normuon_v' matches no parameter of this "
+                                         "optimizer (NorMuon is off in this optimizer)"),
+                       muon::StateMismatch);
+  // The tensors of one switch with the options of the other: refused too.
+  muon::SavedState mixed = with_v;
+  mixed.options.muon.normuon.enabled = false;
+  CHECK_THROWS_WITH_AS(fresh_on.import_state(mixed, "mixed"), doctest::Contains("normuon.enabled cannot change"),
+                       muon::StateMismatch);
+  // A wrong v shape names the buffer.
+  muon::SavedState reshaped = with_v;
+  for (muon::StateTensor& t : reshaped.tensors)
+    if (t.name == "model.layers.0.mlp.experts/normuon_v") t.shape = {48};
+  CHECK_THROWS_WITH_AS(fresh_on.import_state(reshaped, "reshaped"),
+                       doctest::Contains("has shape [48], the parameter's normuon_v has [4, 12]"), muon::StateMismatch);
+  CHECK_THROWS_WITH_AS(on.set_options({.lr = 0.02}), doctest::Contains("MuonOptions.normuon.enabled cannot change from true to false"),
+                       muon::InvalidArgument);
+  CHECK(on.options().muon.normuon.enabled);
+}

@@ -62,6 +62,12 @@ TEST_CASE("reading options names the field at fault and what it expected") {
   auto out_of_range = j;
   out_of_range["adamw"]["beta2"] = 1.0;
   fails_with(out_of_range, "Options.adamw.beta2 must be finite and in [0, 1), got 1");
+  auto normuon_beta2 = j;
+  normuon_beta2["muon"]["normuon"]["beta2"] = -0.5;
+  fails_with(normuon_beta2, "Options.muon.normuon.beta2 must be finite and in [0, 1), got -0.5");
+  auto normuon_eps = j;
+  normuon_eps["muon"]["normuon"]["eps"] = 0.0;
+  fails_with(normuon_eps, "Options.muon.normuon.eps must be finite and > 0, got 0");
 }
 
 TEST_CASE("options round-trip through the state file, every field") {
@@ -71,7 +77,7 @@ TEST_CASE("options round-trip through the state file, every field") {
   muon::Optimizer<muon::EigenBackend> saved(a.table(), custom_options());
   (void)saved.step();
   muon::save_state(saved, path);
-  muon::Optimizer<muon::EigenBackend> loaded(b.table());
+  muon::Optimizer<muon::EigenBackend> loaded(b.table(), muon::test::normuon_on());
   muon::load_state(loaded, path);
   CHECK(differing_fields(loaded.options(), custom_options()).empty());
 }
@@ -85,7 +91,7 @@ TEST_CASE("options round-trip through ZeRO-1's agreement, its file and its load,
   CHECK(differing_fields(agreed.options(), custom_options()).empty());
   (void)agreed.step();
   agreed.save(path);
-  Zero loaded(b.table(), muon::Options{}, {});
+  Zero loaded(b.table(), muon::test::normuon_on(), {});
   loaded.load(path);
   CHECK(differing_fields(loaded.options(), custom_options()).empty());
   CHECK(loaded.step_count() == 1);

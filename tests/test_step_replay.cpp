@@ -51,6 +51,9 @@ class RecordingBackend : public muon::test::ToyBackend {
   void normalize(muon::MatrixStack<float> x, float eps, muon::NormEps mode) {
     run([=](ToyBackend& t) { t.normalize(x, eps, mode); });
   }
+  void normalize_rows(muon::MatrixStack<float> x, std::span<float> v, muon::RowNormStep s) {
+    run([=](ToyBackend& t) { t.normalize_rows(x, v, s); });
+  }
   void momentum(std::span<float> m, std::span<const float> g, muon::MomentumStep s, std::span<float> u) {
     run([=](ToyBackend& t) { t.momentum(m, g, s, u); });
   }
@@ -99,11 +102,14 @@ using Model = muon::test::HybridModel;
 
 }  // namespace
 
-TEST_CASE("a step recorded once and replayed N times equals N eager steps, bit for bit") {
+namespace {
+
+void check_replay_equals_eager(bool normuon) {
   // Every per-step number moves: warmup then cosine decay of the lr, clipping on every step (the
   // gradients' norm is about 12), decoupled weight decay, AdamW's bias corrections.
   const muon::Options options{.lr = 0.02,
                               .weight_decay = 0.1,
+                              .muon = {.normuon = {.enabled = normuon}},
                               .schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 6, .final_ratio = 0.1},
                               .max_grad_norm = 0.5};
   constexpr int kSteps = 5;
@@ -136,6 +142,16 @@ TEST_CASE("a step recorded once and replayed N times equals N eager steps, bit f
   const auto a = replayed.export_state(), b = eager.export_state();
   REQUIRE(a.tensors.size() == b.tensors.size());
   for (std::size_t i = 0; i < a.tensors.size(); ++i) CHECK(a.tensors[i].values == b.tensors[i].values);
+}
+
+}  // namespace
+
+TEST_CASE("a step recorded once and replayed N times equals N eager steps, bit for bit") {
+  check_replay_equals_eager(false);
+}
+// NorMuon's second moments are state the replay carries from step to step, like the momenta.
+TEST_CASE("a NorMuon step recorded once and replayed N times equals N eager steps, bit for bit") {
+  check_replay_equals_eager(true);
 }
 
 TEST_CASE("the recording backend refuses what a capture cannot hold") {

@@ -50,7 +50,8 @@ std::filesystem::path temp_path(const std::string& name) {
 // Three steps of the adapter (`engine`) and of the core's Optimizer<EigenBackend> (`backend`) on
 // the same table and gradients; calls compare(adapter's tensor, core's values) per parameter.
 template <class Compare>
-void run_against_core(muon::libtorch::EngineOptions engine, muon::EigenBackend backend, Compare compare) {
+void run_against_core(muon::libtorch::EngineOptions engine, muon::EigenBackend backend, Compare compare,
+                      bool normuon = false) {
   Net net(1);
   std::vector<float> w0(24 * 16), w1(3 * 12 * 16), b(16), g0(w0.size()), g1(w1.size()), gb(b.size());
   const auto copy_in = [](const ::torch::Tensor& t, std::vector<float>& v) {
@@ -59,7 +60,8 @@ void run_against_core(muon::libtorch::EngineOptions engine, muon::EigenBackend b
   copy_in(net.params[0], w0);
   copy_in(net.params[1], w1);
   copy_in(net.params[2], b);
-  const MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
+  MuonOptions options = MuonOptions(0.02).weight_decay(0.1);
+  options.core().muon.normuon.enabled = normuon;
   muon::libtorch::Muon adapter(net.groups(options), {}, engine);
   muon::Optimizer<muon::EigenBackend> core({{"w", muon::Role::matrix, {w0.data(), {24, 16}}, {g0.data(), {24, 16}}},
                                             {"e", muon::Role::matrix, {w1.data(), {3, 12, 16}}, {g1.data(), {3, 12, 16}}},
@@ -96,6 +98,23 @@ DOCTEST_TEST_CASE("the LibTorch-ops fallback (Engine::torch) equals the core up 
                      for (std::size_t i = 0; i < v.size(); ++i)
                        DOCTEST_CHECK(t.data_ptr<float>()[i] == doctest::Approx(v[i]).epsilon(1e-5));
                    });
+}
+
+// NorMuon's row normalisation: the Eigen engine is the core's own; the LibTorch-ops engine runs
+// TorchBackend::normalize_rows, whose double sums round as the Eigen backend's.
+DOCTEST_TEST_CASE("NorMuon through the adapter: bit for bit on the Eigen engine, fp32 rounding on LibTorch ops") {
+  const muon::EigenBackend fp32({.ns_precision = muon::NsPrecision::fp32});
+  run_against_core({.ns_precision = muon::NsPrecision::fp32}, fp32,
+                   [](const ::torch::Tensor& t, const std::vector<float>& v) {
+                     DOCTEST_CHECK(std::equal(v.begin(), v.end(), t.data_ptr<float>()));
+                   },
+                   true);
+  run_against_core({.engine = muon::libtorch::Engine::torch}, fp32,
+                   [](const ::torch::Tensor& t, const std::vector<float>& v) {
+                     for (std::size_t i = 0; i < v.size(); ++i)
+                       DOCTEST_CHECK(t.data_ptr<float>()[i] == doctest::Approx(v[i]).epsilon(1e-5));
+                   },
+                   true);
 }
 
 DOCTEST_TEST_CASE("the adapter matches the torch.optim.Muon and torch.optim.AdamW fixtures") {
@@ -269,7 +288,9 @@ DOCTEST_TEST_CASE("group options round-trip through torch::save and torch::load,
   net.set_gradients(5);
   saved.step();
   ::torch::save(saved, path.string());
-  muon::libtorch::Muon loaded(other.groups(MuonOptions(1.0)));
+  muon::Options receiving = muon::test::normuon_on();
+  receiving.lr = 1.0;
+  muon::libtorch::Muon loaded(other.groups(MuonOptions(receiving)));
   ::torch::load(loaded, path.string());
   DOCTEST_CHECK(loaded.step_count() == 1);
   for (auto& group : loaded.param_groups())

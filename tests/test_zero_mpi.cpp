@@ -28,6 +28,8 @@ using Single = muon::Optimizer<muon::EigenBackend>;
 namespace {
 
 const muon::Options kOptions{.lr = 0.02, .weight_decay = 0.1};
+// NorMuon's second moments live with their matrix's owner (one expert's rows per piece).
+const muon::Options kNorMuon{.lr = 0.02, .weight_decay = 0.1, .muon = {.normuon = {.enabled = true}}};
 // Small buckets, so that every rank owns pieces in several buckets and the overlap path runs.
 const muon::distributed::ZeroOptions kZero{.bucket_elements = 300};
 
@@ -50,11 +52,13 @@ std::filesystem::path shared_path(MpiCommunicator& comm, const std::string& name
 
 }  // namespace
 
-TEST_CASE("after K steps every rank's parameters equal the single-process optimizer's, bit for bit") {
+namespace {
+
+void check_equal_to_single_process(const muon::Options& options) {
   MpiCommunicator comm;
   ZeroModel zm, ref;
-  Zero zero(zm.table(), kOptions, comm, {}, kZero);
-  Single single(ref.table(), kOptions);
+  Zero zero(zm.table(), options, comm, {}, kZero);
+  Single single(ref.table(), options);
   for (int step = 0; step < 5; ++step) {
     zm.set_rank_gradients(step, comm.rank());
     ref.set_mean_gradients(step, comm.size());
@@ -70,6 +74,15 @@ TEST_CASE("after K steps every rank's parameters equal the single-process optimi
   comm.all_reduce(std::span<std::int64_t>(held), muon::distributed::ReduceOp::sum);
   CHECK(held[0] == single.state_elements());
   if (comm.size() > 1) CHECK(zero.state_elements() < single.state_elements());
+}
+
+}  // namespace
+
+TEST_CASE("after K steps every rank's parameters equal the single-process optimizer's, bit for bit") {
+  check_equal_to_single_process(kOptions);
+}
+TEST_CASE("NorMuon: after K steps every rank's parameters equal the single-process optimizer's, bit for bit") {
+  check_equal_to_single_process(kNorMuon);
 }
 
 TEST_CASE("set_options changes every owner's hyper-parameters from the next step, as in the single-process optimizer") {
@@ -118,7 +131,9 @@ TEST_CASE("with clipping, ZeRO-1 matches the single-process optimizer within flo
   CHECK(muon::test::max_abs_diff(zm.values(), ref.values()) <= 1e-6);
 }
 
-TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single-process optimizer, as an uninterrupted run") {
+namespace {
+
+void check_resume_across_world_sizes(const muon::Options& options) {
   MpiCommunicator world;
   const int n = world.size(), m = std::max(1, n - 1);
   const auto path = shared_path(world, "resume");
@@ -126,13 +141,13 @@ TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single
     CAPTURE(writers);
     CAPTURE(readers);
     ZeroModel zm, ref, single_model;
-    Single reference(ref.table(), kOptions);
+    Single reference(ref.table(), options);
     for (int step = 0; step < 6; ++step) {
       ref.set_mean_gradients(step, step < 3 ? writers : readers);
       (void)reference.step();
     }
     if (auto comm = first_ranks(world, writers)) {
-      Zero zero(zm.table(), kOptions, *comm, {}, kZero);
+      Zero zero(zm.table(), options, *comm, {}, kZero);
       for (int step = 0; step < 3; ++step) {
         zm.set_rank_gradients(step, comm->rank());
         (void)zero.step();
@@ -143,7 +158,7 @@ TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single
     for (auto& t : zm.tensors) world.broadcast(std::span<float>(t.value), 0);
     single_model.set_values(zm.values());
     if (auto comm = first_ranks(world, readers)) {
-      Zero zero(zm.table(), kOptions, *comm, {}, kZero);
+      Zero zero(zm.table(), options, *comm, {}, kZero);
       zero.load(path);
       CHECK(zero.step_count() == 3);
       for (int step = 3; step < 6; ++step) {
@@ -152,7 +167,7 @@ TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single
       }
       CHECK(zm.values() == ref.values());
     }
-    Single single(single_model.table(), kOptions);
+    Single single(single_model.table(), options);
     muon::load_state(single, path);
     for (int step = 3; step < 6; ++step) {
       single_model.set_mean_gradients(step, readers);
@@ -162,6 +177,16 @@ TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single
     world.barrier();
   }
   if (world.rank() == 0) std::filesystem::remove(path);
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint written at N ranks resumes at M ranks, and in the single-process optimizer, as an uninterrupted run") {
+  check_resume_across_world_sizes(kOptions);
+}
+// The owner of each matrix saves its v; the file holds whole [rows] and [experts, rows] tensors.
+TEST_CASE("NorMuon: a checkpoint written at N ranks resumes at M ranks, and in the single-process optimizer, as an uninterrupted run") {
+  check_resume_across_world_sizes(kNorMuon);
 }
 
 TEST_CASE("parameter tables or options that differ between ranks are rejected on every rank, without a hang") {
@@ -270,3 +295,28 @@ TEST_CASE("a NaN gradient on one rank rejects or skips the step on every rank an
 }
 
 int main(int argc, char** argv) { return muon::test::run_doctest_under_mpi(argc, argv); }
+
+// NorMuon's switch decides the state's tensors, so it cannot be turned by a load or by
+// set_options; every rank throws (its own mismatch, or a CommError quoting the first rank's).
+TEST_CASE("NorMuon: a checkpoint or options that turn NorMuon the other way are refused on every rank") {
+  MpiCommunicator comm;
+  const auto with_v = shared_path(comm, "normuon_on"), without_v = shared_path(comm, "normuon_off");
+  ZeroModel zm;
+  Zero on(zm.table(), kNorMuon, comm, {}, kZero), off(zm.table(), kOptions, comm, {}, kZero);
+  zm.set_rank_gradients(0, comm.rank());
+  (void)on.step();
+  (void)off.step();
+  on.save(with_v);
+  off.save(without_v);
+  CHECK_THROWS_WITH(off.load(with_v), doctest::Contains("normuon_v' matches no parameter of this optimizer (NorMuon is off here)"));
+  CHECK_THROWS_WITH(on.load(without_v), doctest::Contains("/normuon_v' is missing (parameter '"));
+  CHECK(on.step_count() == 1);
+  CHECK_THROWS_WITH_AS(on.set_options(kOptions), doctest::Contains("MuonOptions.normuon.enabled cannot change"),
+                       muon::InvalidArgument);
+  CHECK(on.options().muon.normuon.enabled);
+  comm.barrier();
+  if (comm.rank() == 0) {
+    std::filesystem::remove(with_v);
+    std::filesystem::remove(without_v);
+  }
+}

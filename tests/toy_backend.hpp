@@ -52,6 +52,17 @@ struct ToyBackend {
       for (std::int64_t i = 0; i < x.matrix_size(); ++i) x.matrix(k)[i] = static_cast<float>(x.matrix(k)[i] / d);
     }
   }
+  void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s) {
+    for (std::int64_t r = 0; r < x.batch * x.rows; ++r) {
+      float* row = x.data + r * x.cols;
+      double ss = 0.0;
+      for (std::int64_t j = 0; j < x.cols; ++j) ss += double{row[j]} * row[j];
+      float& vr = v[static_cast<std::size_t>(r)];
+      vr = static_cast<float>(double{s.beta2} * vr + (1.0 - double{s.beta2}) * (ss / static_cast<double>(x.cols)));
+      const auto f = static_cast<float>(1.0 / (std::sqrt(double{vr}) + s.eps));
+      for (std::int64_t j = 0; j < x.cols; ++j) row[j] *= f;
+    }
+  }
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
     const float gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu;
     const float scale = s.values->grad_scale;

@@ -101,6 +101,15 @@ struct UpdateStep {
   const StepValues* values = nullptr;  // lr, decay
 };
 
+// NorMuon's per-row second moment (muon_rule.hpp): for row i of matrix k of a stack,
+// v[k·rows + i] ← β₂·v + (1−β₂)·mean_j X², then X_row ← X_row·f with f = 1/(√v + ε). The mean and
+// the new v are computed in double and v is rounded to float once; f is rounded to float, and
+// the row is multiplied by it in float, so backends agree to an fp32 ulp.
+struct RowNormStep {
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+};
+
 [[nodiscard]] inline const StepValues* step_values_of(std::span<float> block, std::size_t entry = 0) {
   return reinterpret_cast<const StepValues*>(block.data()) + entry;
 }
@@ -111,7 +120,8 @@ concept Backend = requires(B& b, typename B::Buffer& buffer, std::int64_t n, flo
                            GramSide side, NormEps eps_mode, std::span<float> y,
                            std::span<const float> x, std::span<float> host,
                            std::span<const float> host_in, MomentumStep momentum,
-                           AdamWStep adamw, UpdateStep update, typename B::HostBuffer& staging) {
+                           AdamWStep adamw, UpdateStep update, RowNormStep row_norm,
+                           typename B::HostBuffer& staging) {
   typename B::Buffer;
   typename B::HostBuffer;
   // Zero-filled memory for n floats in the backend's memory space; the backend may pool it.
@@ -128,6 +138,8 @@ concept Backend = requires(B& b, typename B::Buffer& buffer, std::int64_t n, flo
   b.axpby(s, x, s, y);
   // Per matrix of the stack: X ← X/(‖X‖_F + ε) or X/max(‖X‖_F, ε).
   b.normalize(out, s, eps_mode);
+  // NorMuon's per-row normalisation: v (batch·rows floats) updated, each row of X divided in place.
+  b.normalize_rows(out, y, row_norm);
   // Fused momentum: M updated in place from G; U receives the Newton–Schulz input.
   b.momentum(y, x, momentum, y);
   // Fused AdamW on one tensor: W, m, v updated in place from G.

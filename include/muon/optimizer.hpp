@@ -36,8 +36,8 @@ template <class B>
 class Optimizer {
   static_assert(Backend<B>,
                 "muon::Optimizer<B>: B does not model muon::Backend. A backend needs Buffer and HostBuffer types "
-                "and the operations allocate, allocate_host, gemm, gram, axpby, normalize, momentum, adamw, update, "
-                "sum_squares, to_host, from_host and upload with the signatures in muon/backend.hpp.");
+                "and the operations allocate, allocate_host, gemm, gram, axpby, normalize, normalize_rows, momentum, "
+                "adamw, update, sum_squares, to_host, from_host and upload with the signatures in muon/backend.hpp.");
 
  public:
   explicit Optimizer(std::vector<Parameter> params, Options options = {}, B backend = {})
@@ -69,9 +69,13 @@ class Optimizer {
   [[nodiscard]] std::int64_t step_count() const { return driver_.step_count(); }
   [[nodiscard]] std::int64_t skipped_steps() const { return driver_.skipped_steps(); }
   [[nodiscard]] const Options& options() const { return driver_.options(); }
+  // New options from the next step on; invalid ones (or ones that turn NorMuon the other way)
+  // throw InvalidArgument and change nothing.
   void set_options(Options options) {
-    driver_.set_options(options);
+    validate(options);
+    check_state_layout(driver_.options().muon, options.muon);
     stepper_.set_rule_options(options.muon, options.adamw);
+    driver_.set_options(std::move(options));
   }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return stepper_.parameters(); }
   [[nodiscard]] Rule rule_of(std::string_view name) const { return stepper_.rule_of(name); }
@@ -115,7 +119,13 @@ class Optimizer {
       throw StateMismatch("optimizer state '" + source + "': " + e.what());
     }
     check_step_counts(state.step, state.skipped_steps, source);
-    return stepper_.check_tensors(state.tensors, source);
+    auto staged = stepper_.check_tensors(state.tensors, source);
+    try {
+      check_state_layout(driver_.options().muon, state.options.muon);
+    } catch (const InvalidArgument& e) {
+      throw StateMismatch("optimizer state '" + source + "': " + e.what());
+    }
+    return staged;
   }
 
   StepDriver<B> driver_;

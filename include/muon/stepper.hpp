@@ -1,6 +1,6 @@
 // muon/stepper.hpp: the state of one set of parameters and the update that moves them.
 //
-// A Stepper owns the optimizer state (momenta; AdamW moments), the shape groups Newton–Schulz
+// A Stepper owns the optimizer state (momenta and NorMuon's second moments; AdamW moments), the shape groups Newton–Schulz
 // batches over and their workspaces, and applies one update: Muon on its matrices (momentum →
 // Newton–Schulz per shape group → scaled update with decay), AdamW on the rest. It knows no
 // schedule, no step counter and no file: the step's numbers come from a StepValues block
@@ -93,10 +93,12 @@ class Stepper {
   // New rule options from the next update on; the state is kept.
   void set_rule_options(MuonOptions muon, AdamWOptions adamw) {
     validate_rule_options(muon, adamw);
+    check_state_layout(muon_options_, muon);
     muon_options_ = std::move(muon);
     adamw_options_ = adamw;
   }
 
+  [[nodiscard]] const MuonOptions& muon_options() const { return muon_options_; }
   [[nodiscard]] const std::vector<Parameter>& parameters() const { return params_; }
   [[nodiscard]] Rule rule_of(std::string_view name) const { return route(params_.at(index_of(name))); }
   [[nodiscard]] B& backend() { return backend_; }
@@ -120,8 +122,8 @@ class Stepper {
   [[nodiscard]] std::vector<StateTensor> export_tensors() {
     std::vector<StateTensor> out;
     for_each_state_buffer([&](const Parameter& p, const char* what, Buffer& buffer) {
-      auto& t = out.emplace_back(StateTensor{p.name + "/" + what, p.value.shape, {}});
-      t.values.resize(static_cast<std::size_t>(p.value.size()));
+      auto& t = out.emplace_back(StateTensor{p.name + "/" + what, state_shape(what, p.value.shape), {}});
+      t.values.resize(buffer.span().size());
       backend_.to_host(buffer.span(), t.values);
     });
     return out;
@@ -137,21 +139,27 @@ class Stepper {
     for (const StateTensor& t : tensors) by_name[t.name] = &t;
     std::set<std::string> expected;
     Staged staged;
+    const std::string normuon = muon_options_.normuon.enabled ? "on" : "off";
     for_each_state_buffer([&](const Parameter& p, const char* what, Buffer& buffer) {
       const std::string name = p.name + "/" + what;
+      const Shape shape = state_shape(what, p.value.shape);
       expected.insert(name);
       const auto it = by_name.find(name);
-      if (it == by_name.end()) fail("tensor '" + name + "' is missing (parameter '" + p.name + "' has no saved " + what + ")");
-      if (it->second->shape != p.value.shape)
-        fail("tensor '" + name + "' has shape " + to_string(it->second->shape) + ", the parameter has " +
-             to_string(p.value.shape));
-      if (std::ssize(it->second->values) != p.value.size())
+      if (it == by_name.end())
+        fail("tensor '" + name + "' is missing (parameter '" + p.name + "' has no saved " + what + ")" +
+             (what == std::string_view(kNorMuonV) ? "; NorMuon is on in this optimizer and the state has no second moment" : ""));
+      if (it->second->shape != shape)
+        fail("tensor '" + name + "' has shape " + to_string(it->second->shape) + ", the parameter" +
+             (shape == p.value.shape ? "" : "'s " + std::string(what)) + " has " + to_string(shape));
+      if (std::ssize(it->second->values) != numel(shape))
         fail("tensor '" + name + "' holds " + std::to_string(it->second->values.size()) + " values for shape " +
-             to_string(p.value.shape));
+             to_string(shape));
       staged.emplace_back(&buffer, it->second);
     });
     for (const StateTensor& t : tensors)
-      if (!expected.contains(t.name)) fail("tensor '" + t.name + "' matches no parameter of this optimizer");
+      if (!expected.contains(t.name))
+        fail("tensor '" + t.name + "' matches no parameter of this optimizer" +
+             (t.name.ends_with(std::string("/") + kNorMuonV) ? " (NorMuon is " + normuon + " in this optimizer)" : ""));
     return staged;
   }
   void import_tensors(const Staged& staged) {
@@ -177,6 +185,7 @@ class Stepper {
     std::size_t index;
     Buffer momentum;
     std::int64_t offset;  // of this parameter's matrices in the group's stack, in elements
+    Buffer normuon_v{};   // one float per row of each matrix, allocated when NorMuon is on
   };
   struct MuonGroup {
     MuonGroup(std::int64_t r, std::int64_t c) : rows(r), cols(c) {}
@@ -209,7 +218,8 @@ class Stepper {
       const auto [it, added] = group_of_shape.try_emplace({rows, cols}, groups_.size());
       if (added) groups_.emplace_back(rows, cols);
       MuonGroup& g = groups_[it->second];
-      g.members.push_back({i, backend_.allocate(p.value.size()), g.batch * rows * cols});
+      g.members.push_back({i, backend_.allocate(p.value.size()), g.batch * rows * cols,
+                           muon_options_.normuon.enabled ? backend_.allocate(p.value.size() / cols) : Buffer{}});
       g.batch += p.value.size() / (rows * cols);
     }
     for (MuonGroup& g : groups_) {
@@ -226,7 +236,8 @@ class Stepper {
         const Parameter& p = params_[m.index];
         g.slots.push_back({p.value.span(), p.grad.span(), m.momentum.span(),
                            g.stack.span().subspan(static_cast<std::size_t>(m.offset),
-                                                  static_cast<std::size_t>(p.value.size()))});
+                                                  static_cast<std::size_t>(p.value.size())),
+                           m.normuon_v.span()});
       }
     }
   }
@@ -240,10 +251,14 @@ class Stepper {
   // Calls f(parameter, buffer name, buffer) for every state buffer, in one fixed order.
   template <class F>
   void for_each_state_buffer(F&& f) {
+    const auto muon = state_buffer_names(Rule::muon, muon_options_);
     for (MuonGroup& g : groups_)
-      for (MuonMember& m : g.members) f(params_[m.index], state_buffer_names(Rule::muon)[0], m.momentum);
+      for (MuonMember& m : g.members) {
+        f(params_[m.index], muon[0], m.momentum);
+        if (muon.size() > 1) f(params_[m.index], muon[1], m.normuon_v);
+      }
     for (AdamWMember& a : adamw_members_) {
-      const auto names = state_buffer_names(Rule::adamw);
+      const auto names = state_buffer_names(Rule::adamw, muon_options_);
       f(params_[a.index], names[0], a.exp_avg);
       f(params_[a.index], names[1], a.exp_avg_sq);
     }

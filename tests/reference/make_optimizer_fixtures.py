@@ -351,8 +351,10 @@ def muon_metadata():
     return md
 
 
-def write_case(out_dir, case, w0, grads, ws, expected_dtype, metadata, written):
+def write_case(out_dir, case, w0, grads, ws, expected_dtype, metadata, written, extra=None):
+    """`extra`: more tensors to store as they are (make_normuon_fixtures.py's V1..VK)."""
     tensors = {"W0": w0.to(torch.float32).contiguous()}
+    tensors.update(extra or {})
     for t, (g, w) in enumerate(zip(grads, ws), start=1):
         tensors[f"G{t}"] = g.to(torch.float32).contiguous()
         tensors[f"W{t}"] = w.to(expected_dtype).contiguous()

@@ -322,14 +322,15 @@ TEST_CASE("the optimizer table: Muon on matrices, AdamW elsewhere or everywhere,
   const moonlight::Config c = moonlight::Config::load(fixture("tiny_moonlight") / "config.json");
   moonlight::Weights w(c);
   std::vector<float> g(w.data().size());
-  for (const auto optimizer : {moonlight::OptimizerSplit::muon, moonlight::OptimizerSplit::adamw}) {
+  for (const auto optimizer :
+       {moonlight::OptimizerSplit::muon, moonlight::OptimizerSplit::adamw, moonlight::OptimizerSplit::normuon}) {
     const std::vector<muon::Parameter> table = moonlight::training_parameters(w, g, optimizer);
     CHECK(table.size() == w.tensors().size() - 2);  // two MoE layers, one bias each
     for (const muon::Parameter& p : table) {
       CHECK(p.name.find("e_score_correction_bias") == std::string::npos);
       const muon::Rule rule = p.rule.value_or(p.role == muon::Role::matrix ? muon::Rule::muon : muon::Rule::adamw);
-      CHECK(rule == (optimizer == moonlight::OptimizerSplit::muon && p.role == muon::Role::matrix ? muon::Rule::muon
-                                                                                                   : muon::Rule::adamw));
+      CHECK(rule == (optimizer != moonlight::OptimizerSplit::adamw && p.role == muon::Role::matrix ? muon::Rule::muon
+                                                                                                    : muon::Rule::adamw));
     }
   }
 }
@@ -341,6 +342,8 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
   };
   const moonlight::RunConfig d = run(nlohmann::json::object());
   CHECK(d.training.optimizer == moonlight::OptimizerSplit::muon);
+  CHECK(!moonlight::optimizer_options(d).muon.normuon.enabled);
+  CHECK(moonlight::optimizer_options(run({{"optimizer", "normuon"}})).muon.normuon.enabled);
   CHECK(d.muon.lr == 2e-3);
   CHECK(d.muon.max_grad_norm == 1.0);
   const moonlight::RunConfig o = run({{"steps", 10}, {"warmup_steps", 2}, {"schedule", "cosine"}}, {{"lr", 0.5}});
@@ -366,7 +369,7 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
   CHECK_THROWS_WITH_AS(run({{"steps", "ten"}}), doctest::Contains("training.steps is \"ten\", expected an integer"),
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(run({{"optimizer", "sgd"}}),
-                       doctest::Contains("training.optimizer is \"sgd\", expected \"muon\" or \"adamw\""),
+                       doctest::Contains("training.optimizer is \"sgd\", expected \"muon\", \"adamw\" or \"normuon\""),
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(run({{"steps", 10}, {"warmup_steps", 10}}),
                        doctest::Contains("training.warmup_steps (10) must be below training.steps (10)"),
@@ -377,4 +380,26 @@ TEST_CASE("run configs: defaults, overrides, and errors that name the field") {
                        muon::InvalidArgument);
   CHECK_THROWS_WITH_AS(moonlight::load_run_config("/nonexistent/tiny.json"),
                        doctest::Contains("cannot open run config '/nonexistent/tiny.json'"), muon::FileError);
+}
+
+// `--optimizer normuon`: the trainer's optimizer runs NorMuon, its checkpoints carry the second
+// moments, and a resumed run equals an uninterrupted one.
+TEST_CASE("training.optimizer normuon trains with NorMuon and resumes bit for bit") {
+  muon::test::TempDir dir("train_normuon");
+  const moonlight::PackedSequences data = phrase_data(16);
+  moonlight::TrainOptions o = fast_options();
+  Trainer muon_run(tiny_run(o), data, tokenizer_file, dir.path() / "muon", {});
+  (void)train(muon_run);
+  o.optimizer = moonlight::OptimizerSplit::normuon;
+  Trainer straight(tiny_run(o), data, tokenizer_file, dir.path() / "straight", {});
+  (void)train(straight);
+  CHECK(moonlight::optimizer_options(straight.run()).muon.normuon.enabled);
+  CHECK(!same_bits(straight.weights().data(), muon_run.weights().data()));
+
+  Trainer resumed(tiny_run(o), data, tokenizer_file, dir.path() / "resumed", {});
+  const fs::path step3 = dir.path() / "straight" / "checkpoints" / moonlight::checkpoint_name(3);
+  REQUIRE(fs::exists(step3));
+  resumed.resume(moonlight::open_checkpoint(step3));
+  (void)train(resumed);
+  CHECK(same_bits(straight.weights().data(), resumed.weights().data()));
 }

@@ -162,6 +162,10 @@ class CudaBackend {
   }
   // Per matrix, on the device: X ← X·(1/(‖X‖+ε)) or X·(1/max(‖X‖, ε)).
   void normalize(MatrixStack<float> x, float eps, NormEps mode) { detail::normalize(*context_, x, eps, mode); }
+  // NorMuon's per-row second moment and normalisation, one block per row.
+  void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s) {
+    detail::normalize_rows(*context_, x, v, s);
+  }
 
   // Optional capability (muon/orthogonalize.hpp, RunsNewtonSchulz): the whole Newton–Schulz of a
   // stack with bf16 storage, as the references run it (muon/backends/cuda/newton_schulz.hpp).

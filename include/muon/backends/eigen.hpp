@@ -171,6 +171,23 @@ class EigenBackend {
     }
   }
 
+  // NorMuon's per-row second moment and normalisation (RowNormStep), a row per work item; each
+  // row's Σx² and scaling run the vector loops, so the result does not depend on the threads.
+  void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s) {
+    const std::int64_t rows = x.batch * x.rows;
+    if (std::ssize(v) != rows)
+      throw ShapeMismatch("normalize_rows: " + std::to_string(v.size()) + " second moments for " +
+                          std::to_string(rows) + " rows");
+    if (x.cols == 0) return;
+#pragma omp parallel for schedule(static) if (x.size() > kParallelMin)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      float* row = x.data + r * x.cols;
+      float& vr = v[static_cast<std::size_t>(r)];
+      const double mean = kernels_->sum_squares(row, x.cols) / static_cast<double>(x.cols);
+      vr = static_cast<float>(double{s.beta2} * vr + (1.0 - double{s.beta2}) * mean);
+      kernels_->scale(row, x.cols, static_cast<float>(1.0 / (std::sqrt(double{vr}) + s.eps)));
+    }
+  }
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
     const cpu::MomentumFactors f{.mu = s.mu,
                                  .gain = s.form == MomentumForm::sum ? 1.0f : 1.0f - s.mu,  // weight of G in M

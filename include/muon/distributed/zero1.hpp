@@ -139,7 +139,10 @@ class ZeroOptimizer {
   // say); the state is kept. Options that are invalid, or differ between ranks, throw on every
   // rank and change nothing. (The plan was balanced for the old Newton–Schulz step count.)
   void set_options(Options options) {
-    agree([&] { validate(options); });
+    agree([&] {
+      validate(options);
+      check_state_layout(driver_->options().muon, options.muon);
+    });
     if (const auto field = first_differing_field(field_fingerprints(options, "Options")))
       throw InvalidArgument("set_options: " + *field + " differs between ranks; pass the same Options on every rank");
     for (auto& o : owners_)
@@ -172,7 +175,8 @@ class ZeroOptimizer {
     for (std::size_t i = 0; i < params_.size(); ++i)
       for (const char* kind : state_kinds(i)) {
         std::vector<float> full = gather_state(i, kind, owned);
-        if (comm_.rank() == 0) state.tensors.push_back({params_[i].name + "/" + kind, params_[i].value.shape, std::move(full)});
+        if (comm_.rank() == 0)
+          state.tensors.push_back({params_[i].name + "/" + kind, state_shape(kind, params_[i].value.shape), std::move(full)});
       }
     agree([&] {
       if (comm_.rank() == 0) write_state_file(path, state);
@@ -195,10 +199,12 @@ class ZeroOptimizer {
       std::set<std::string> expected;
       for (std::size_t i = 0; i < params_.size(); ++i)
         for (const char* kind : state_kinds(i)) expected.insert(params_[i].name + "/" + kind);
+      const std::string normuon = options().muon.normuon.enabled ? "on" : "off";
       for (const StateTensor& t : state.tensors)
         if (!expected.contains(t.name))
           throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + t.name +
-                              "' matches no parameter of this optimizer");
+                              "' matches no parameter of this optimizer" +
+                              (t.name.ends_with(std::string("/") + kNorMuonV) ? " (NorMuon is " + normuon + " here)" : ""));
       for (std::size_t b = 0; b < owners_.size(); ++b) {
         if (!owners_[b]) continue;
         std::vector<StateTensor>& s = pieces[b];
@@ -207,17 +213,27 @@ class ZeroOptimizer {
           const Parameter& p = params_[piece.param];
           for (const char* kind : state_kinds(piece.param)) {
             const std::string name = p.name + "/" + kind;
+            const Shape shape = state_shape(kind, p.value.shape);
             const auto it = by_name.find(name);
             if (it == by_name.end())
-              throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' is missing");
-            if (it->second->shape != p.value.shape)
+              throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' is missing (parameter '" +
+                                  p.name + "' has no saved " + kind + ")");
+            if (it->second->shape != shape || std::ssize(it->second->values) != numel(shape))
               throw StateMismatch("optimizer state '" + path.string() + "': tensor '" + name + "' has shape " +
-                                  to_string(it->second->shape) + ", the parameter has " + to_string(p.value.shape));
-            const auto first = it->second->values.begin() + piece.offset;
-            s.push_back({piece_name(piece) + "/" + kind, piece_shape(piece), {first, first + piece.size}});
+                                  to_string(it->second->shape) + ", the parameter" +
+                                  (shape == p.value.shape ? "" : "'s " + std::string(kind)) + " has " + to_string(shape));
+            const std::int64_t stride = state_stride(kind, p.value.shape);
+            const auto first = it->second->values.begin() + piece.offset / stride;
+            s.push_back({piece_name(piece) + "/" + kind, state_shape(kind, piece_shape(piece)),
+                         {first, first + piece.size / stride}});
           }
         }
         staged[b] = owners_[b]->check_tensors(s, path.string());
+      }
+      try {
+        check_state_layout(options().muon, state.options.muon);
+      } catch (const InvalidArgument& e) {
+        throw StateMismatch("optimizer state '" + path.string() + "': " + e.what());
       }
     });
     // A copy per node must be the same file: the step counts and options must agree.
@@ -327,7 +343,9 @@ class ZeroOptimizer {
   }
 
 
-  std::vector<const char*> state_kinds(std::size_t param) const { return state_buffer_names(route(params_[param])); }
+  std::vector<const char*> state_kinds(std::size_t param) const {
+    return state_buffer_names(route(params_[param]), options().muon);
+  }
 
   // The name of a piece in its owner's optimizer: the parameter's, with the expert or the flat range.
   std::string piece_name(const Piece& piece) const {
@@ -462,12 +480,14 @@ class ZeroOptimizer {
     std::vector<std::vector<const Piece*>> by_rank(world);
     for (const Piece& piece : plan_.pieces)
       if (piece.param == param) by_rank[static_cast<std::size_t>(piece.owner)].push_back(&piece);
+    // A per-row buffer (normuon_v) holds 1/stride of each piece's elements.
+    const std::int64_t stride = state_stride(kind, params_[param].value.shape);
     std::vector<std::int64_t> counts(world, 0);
     for (std::size_t r = 0; r < world; ++r) {
       std::sort(by_rank[r].begin(), by_rank[r].end(), [](const Piece* a, const Piece* b) { return a->offset < b->offset; });
-      for (const Piece* piece : by_rank[r]) counts[r] += piece->size;
+      for (const Piece* piece : by_rank[r]) counts[r] += piece->size / stride;
     }
-    const std::int64_t total = params_[param].value.size();
+    const std::int64_t total = params_[param].value.size() / stride;
     std::vector<float> mine;
     for (const Piece* piece : by_rank[static_cast<std::size_t>(comm_.rank())]) {
       const std::vector<float>& values = owned.at(piece_name(*piece) + "/" + kind);
@@ -484,8 +504,8 @@ class ZeroOptimizer {
     std::int64_t at = 0;
     for (const auto& pieces : by_rank)
       for (const Piece* piece : pieces) {
-        std::copy_n(gathered.begin() + at, piece->size, full.begin() + piece->offset);
-        at += piece->size;
+        std::copy_n(gathered.begin() + at, piece->size / stride, full.begin() + piece->offset / stride);
+        at += piece->size / stride;
       }
     return full;
   }

@@ -56,6 +56,16 @@ class TorchBackend {
     const auto denom = mode == NormEps::add ? norm + double{eps} : norm.clamp_min(double{eps});
     flat.mul_(denom.reciprocal().to(torch::kFloat));
   }
+  // NorMuon's per-row second moment and normalisation, in RowNormStep's arithmetic (double
+  // reductions and v, float factors).
+  void normalize_rows(MatrixStack<float> x, std::span<float> v, RowNormStep s) {
+    auto rows = wrap(x).view({x.batch * x.rows, x.cols});
+    auto V = wrap(v);
+    const auto mean = rows.to(torch::kDouble).square().mean(1);
+    V.copy_(V.to(torch::kDouble).mul(double{s.beta2}).add_(mean, 1.0 - double{s.beta2}));
+    const auto factor = V.to(torch::kDouble).sqrt().add_(double{s.eps}).reciprocal().to(torch::kFloat);
+    rows.mul_(factor.unsqueeze(1));
+  }
   // The step's numbers are read from the step block as 0-dim tensors on the device, when the ops run.
   void momentum(std::span<float> m, std::span<const float> g, MomentumStep s, std::span<float> u) {
     auto M = wrap(m), U = wrap(u);

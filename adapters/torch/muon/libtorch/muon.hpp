@@ -403,6 +403,11 @@ class Muon : public torch::optim::Optimizer {
             {name, t.sizes().vec(), std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + t.numel())});
       }
       staged[i] = run.steppers[i]->check_tensors(tensors[i], source);
+      try {
+        muon::check_state_layout(run.steppers[i]->muon_options(), options[i].core().muon);
+      } catch (const muon::InvalidArgument& e) {
+        throw muon::StateMismatch(source + ": " + e.what());
+      }
     }
     for (std::size_t i = 0; i < param_groups_.size(); ++i) {
       static_cast<MuonOptions&>(param_groups_[i].options()) = options[i];

@@ -37,7 +37,8 @@
 namespace moonlight {
 
 // Which parameters Muon takes: Moonlight's split (matrices to Muon, the rest to AdamW), or none.
-enum class OptimizerSplit { muon, adamw };
+// `normuon` is Moonlight's split with NorMuon on (muon.normuon.enabled), for a study's one flag.
+enum class OptimizerSplit { muon, adamw, normuon };
 // The lr schedule's shape over training.steps.
 enum class LrShape { wsd, cosine, constant };
 
@@ -53,7 +54,7 @@ struct TrainOptions {
   std::int64_t seq_len = 64;
   std::int64_t micro_batch = 8;  // sequences per micro-batch on each rank
   std::int64_t grad_accum = 1;   // micro-batches per optimizer step
-  OptimizerSplit optimizer = OptimizerSplit::muon;  // "adamw" trains everything with AdamW (the baseline)
+  OptimizerSplit optimizer = OptimizerSplit::muon;  // "adamw" trains everything with AdamW (the baseline), "normuon" turns NorMuon on
   LrShape schedule = LrShape::wsd;  // warmup-stable-decay, Moonlight's warmup then cosine, or constant
   std::int64_t warmup_steps = 20;
   double decay_fraction = 0.2;  // wsd: the share of the steps spent in the final linear decay
@@ -87,7 +88,8 @@ struct RunConfig {
 template <>
 struct muon::EnumNames<moonlight::OptimizerSplit> {
   static constexpr std::array names{std::pair{moonlight::OptimizerSplit::muon, "muon"},
-                                    std::pair{moonlight::OptimizerSplit::adamw, "adamw"}};
+                                    std::pair{moonlight::OptimizerSplit::adamw, "adamw"},
+                                    std::pair{moonlight::OptimizerSplit::normuon, "normuon"}};
 };
 template <>
 struct muon::EnumNames<moonlight::LrShape> {
@@ -181,6 +183,7 @@ namespace moonlight {
 [[nodiscard]] inline muon::Options optimizer_options(const RunConfig& run) {
   const TrainOptions& o = run.training;
   muon::Options options = run.muon;
+  if (o.optimizer == OptimizerSplit::normuon) options.muon.normuon.enabled = true;
   options.schedule = muon::ConstantLr{};
   if (o.schedule == LrShape::cosine) {
     options.schedule = muon::WarmupCosine{.warmup_steps = o.warmup_steps, .total_steps = o.steps, .final_ratio = o.final_lr_ratio};

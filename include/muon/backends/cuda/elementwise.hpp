@@ -1,5 +1,5 @@
 // muon/backends/cuda/elementwise.hpp: the CUDA backend's operations that are not products:
-// axpby, update, momentum, normalize, copy_each, sum_squares, sum_squares_each, flag_non_finite, and
+// axpby, update, momentum, normalize, normalize_rows, copy_each, sum_squares, sum_squares_each, flag_non_finite, and
 // the conversions and copies the products use. Each enqueues kernels (kernels/elementwise.cuh,
 // kernels/norms.cuh) on the context's stream; only the sums that return values to the host wait
 // for the device. Internal (namespace detail): CudaBackend's members of the same names forward here.
@@ -112,6 +112,20 @@ inline void normalize(Context& ctx, MatrixStack<float> x, float eps, NormEps mod
   float* inverse = carve.take<float>(x.batch);
   inverse_norms(ctx, x.as_const(), eps, mode, partial, inverse);
   scale_matrices(ctx, x.data, x.batch, x.matrix_size(), inverse, x.data);
+}
+
+// NorMuon's per-row normalisation (muon::RowNormStep), one block per row.
+inline void normalize_rows(Context& ctx, MatrixStack<float> x, std::span<float> v, RowNormStep s) {
+  const std::int64_t rows = x.batch * x.rows;
+  if (std::ssize(v) != rows)
+    throw ShapeMismatch("normalize_rows: " + std::to_string(v.size()) + " second moments for " + std::to_string(rows) +
+                        " rows");
+  if (rows == 0 || x.cols == 0) return;
+  if (rows > 0x7fffffff) throw InvalidArgument("normalize_rows: more than 2^31 rows in one stack");
+  kernels::normalize_rows_kernel<kernels::kRowNormThreads>
+      <<<static_cast<unsigned>(rows), kernels::kRowNormThreads, 0, ctx.stream>>>(x.data, x.cols, v.data(), s.beta2,
+                                                                                 s.eps);
+  cuda_check(cudaGetLastError());
 }
 
 // Copies each (from, to) pair of equal sizes, all in one multi-tensor launch per 64 pairs.
