@@ -119,18 +119,21 @@ TEST_CASE("OnNonFinite::skip skips the step, counts it and changes nothing") {
   CHECK(m.values() == before);
 }
 
-TEST_CASE("a zero gradient gives a zero update: only the decay moves the weights") {
-  Model m;
-  for (auto* g : {&m.demb, &m.dq, &m.dexperts, &m.dnorm, &m.dhead}) std::fill(g->begin(), g->end(), 0.0f);
-  const auto before = m.values();
-  Opt opt(m.table(), {.lr = 0.01, .weight_decay = 0.1});
-  (void)opt.step();
-  const auto after = m.values();
-  for (std::size_t t = 0; t < before.size(); ++t)
-    for (std::size_t i = 0; i < before[t].size(); ++i) {
-      REQUIRE(std::isfinite(after[t][i]));
-      CHECK(after[t][i] == doctest::Approx(before[t][i] * (1.0f - 0.01f * 0.1f)).epsilon(1e-6));
-    }
+TEST_CASE("a zero gradient gives a zero update, with NorMuon too: only the decay moves the weights") {
+  for (const bool normuon : {false, true}) {
+    CAPTURE(normuon);
+    Model m;
+    for (auto* g : {&m.demb, &m.dq, &m.dexperts, &m.dnorm, &m.dhead}) std::fill(g->begin(), g->end(), 0.0f);
+    const auto before = m.values();
+    Opt opt(m.table(), {.lr = 0.01, .weight_decay = 0.1, .muon = {.normuon = {.enabled = normuon}}});
+    (void)opt.step();
+    const auto after = m.values();
+    for (std::size_t t = 0; t < before.size(); ++t)
+      for (std::size_t i = 0; i < before[t].size(); ++i) {
+        REQUIRE(std::isfinite(after[t][i]));
+        CHECK(after[t][i] == doctest::Approx(before[t][i] * (1.0f - 0.01f * 0.1f)).epsilon(1e-6));
+      }
+  }
 }
 
 TEST_CASE("the Muon update has AdamW's RMS: 0.2 x lr for an orthogonal update") {
@@ -330,20 +333,6 @@ TEST_CASE("NorMuon's update has RMS 0.2 x lr exactly, whatever Newton-Schulz lea
   for (std::size_t i = 0; i < q0.size(); ++i) ss += std::pow(double{m.q[i]} - q0[i], 2);
   // The rescale to √min(rows, cols) makes 0.2·√max·√min/√(rows·cols) = 0.2: fp32 rounding only.
   CHECK(std::sqrt(ss / static_cast<double>(q0.size())) == doctest::Approx(0.2 * lr).epsilon(1e-5));
-}
-
-TEST_CASE("NorMuon with a zero gradient gives a zero update: only the decay moves the weights") {
-  Model m;
-  for (auto* g : {&m.demb, &m.dq, &m.dexperts, &m.dnorm, &m.dhead}) std::fill(g->begin(), g->end(), 0.0f);
-  const auto before = m.values();
-  Opt opt(m.table(), {.lr = 0.01, .weight_decay = 0.1, .muon = {.normuon = {.enabled = true}}});
-  (void)opt.step();
-  const auto after = m.values();
-  for (std::size_t t = 0; t < before.size(); ++t)
-    for (std::size_t i = 0; i < before[t].size(); ++i) {
-      REQUIRE(std::isfinite(after[t][i]));
-      CHECK(after[t][i] == doctest::Approx(before[t][i] * (1.0f - 0.01f * 0.1f)).epsilon(1e-6));
-    }
 }
 
 TEST_CASE("NorMuon: save then load resumes bit-identically to an uninterrupted run") {

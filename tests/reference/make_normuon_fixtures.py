@@ -198,15 +198,7 @@ def main():
         common.write_case(args.out, f"normuon_{tag}_f64", w0, grads, ws64, torch.float64, md, written,
                           extra={f"V{t}": v.contiguous() for t, v in enumerate(v64, start=1)})
 
-    total = sum(os.path.getsize(p) for p in written)
-    print(f"\nwrote {len(written)} files, {total} bytes in {args.out}")
-    if checks.failures:
-        print(f"\n{len(checks.failures)} self-check(s) FAILED:")
-        for f in checks.failures:
-            print("  " + f)
-        return 1
-    print("all self-checks passed")
-    return 0
+    return common.report(written, args.out, checks)
 
 
 def normuon_cols(o, v_unused):

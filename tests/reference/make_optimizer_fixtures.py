@@ -640,8 +640,13 @@ def main():
         write_case(args.out, f"torch_adamw_{tag}_f32", w0, grads, ws32, torch.float32,
                    dict(md, param_dtype="float32"), written)
 
+    return report(written, args.out, checks)
+
+
+def report(written, out, checks):
+    """Prints what was written and the self-checks' outcome; the exit status."""
     total = sum(os.path.getsize(p) for p in written)
-    print(f"\nwrote {len(written)} files, {total} bytes in {args.out}")
+    print(f"\nwrote {len(written)} files, {total} bytes in {out}")
     if checks.failures:
         print(f"\n{len(checks.failures)} self-check(s) FAILED:")
         for f in checks.failures:

@@ -28,6 +28,7 @@
 #include "muon/backends/eigen.hpp"
 #include "muon/distributed/self.hpp"
 #include "muon/io/safetensors.hpp"
+#include "phrase_data.hpp"
 #include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
@@ -252,16 +253,6 @@ TEST_CASE("the recorded maxima are the largest causal logits, softmax scale incl
 
 namespace {
 
-// The trainer on the tiny fixture model and a repeated random phrase (as test_trainer.cpp).
-moonlight::PackedSequences phrase_data() {
-  moonlight::TokenStream s;
-  std::uint64_t x = 12345;
-  std::vector<std::int32_t> phrase;
-  for (int i = 0; i < 40; ++i) phrase.push_back(static_cast<std::int32_t>((x = x * 6364136223846793005ull + 1) >> 33) % 290);
-  for (int r = 0; r < 60; ++r) s.tokens.insert(s.tokens.end(), phrase.begin(), phrase.end());
-  s.source = "phrase";
-  return {std::move(s), 16, 0.1};
-}
 
 moonlight::RunConfig clip_run(moonlight::QkClipOptions clip) {
   moonlight::RunConfig run{moonlight::Config::load(fixture("tiny_moonlight") / "config.json"),
@@ -288,7 +279,7 @@ std::vector<moonlight::StepMetrics> train(Trainer& t) {
 
 TEST_CASE("the trainer clips after each step by the step's maxima, and logs them and the count") {
   muon::test::TempDir dir("qk_clip_train");
-  const moonlight::PackedSequences data = phrase_data();
+  const moonlight::PackedSequences data = moonlight::test::phrase_data(16);
   Trainer plain(clip_run({}), data, tokenizer_file, dir.path() / "plain", {});
   Trainer clipped(clip_run({.enabled = true, .tau = kRunTau}), data, tokenizer_file, dir.path() / "clipped", {});
   // The first step: the same weights and batch, so the same maxima; the clip comes after.
@@ -335,7 +326,7 @@ TEST_CASE("the trainer clips after each step by the step's maxima, and logs them
 
 TEST_CASE("QK-clip with tau = infinity trains bit for bit as without it") {
   muon::test::TempDir dir("qk_clip_inf");
-  const moonlight::PackedSequences data = phrase_data();
+  const moonlight::PackedSequences data = moonlight::test::phrase_data(16);
   Trainer plain(clip_run({}), data, tokenizer_file, dir.path() / "plain", {});
   Trainer infinite(clip_run({.enabled = true, .tau = kInf}), data, tokenizer_file, dir.path() / "inf", {});
   const std::vector<moonlight::StepMetrics> a = train(plain), b = train(infinite);
@@ -349,7 +340,7 @@ TEST_CASE("QK-clip with tau = infinity trains bit for bit as without it") {
 
 TEST_CASE("a run with QK-clip resumes bit for bit after clips") {
   muon::test::TempDir dir("qk_clip_resume");
-  const moonlight::PackedSequences data = phrase_data();
+  const moonlight::PackedSequences data = moonlight::test::phrase_data(16);
   const moonlight::RunConfig run = clip_run({.enabled = true, .tau = kRunTau});
   Trainer straight(run, data, tokenizer_file, dir.path() / "straight", {});
   const std::vector<moonlight::StepMetrics> seen = train(straight);

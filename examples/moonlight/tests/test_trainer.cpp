@@ -21,25 +21,15 @@
 #include "moonlight/train_options.hpp"
 #include "moonlight/trainer.hpp"
 #include "muon/distributed/self.hpp"
+#include "phrase_data.hpp"
 #include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using moonlight::test::fixture;
+using moonlight::test::phrase_data;
 using Trainer = moonlight::Trainer<muon::distributed::SelfCommunicator>;
 
 namespace {
-
-// A learnable stream: a repeated random phrase of 40 tokens, so a model that learns drives the
-// loss far below ln(300) = 5.7.
-moonlight::PackedSequences phrase_data(std::int64_t seq_len) {
-  moonlight::TokenStream s;
-  std::uint64_t x = 12345;
-  std::vector<std::int32_t> phrase;
-  for (int i = 0; i < 40; ++i) phrase.push_back(static_cast<std::int32_t>((x = x * 6364136223846793005ull + 1) >> 33) % 290);
-  for (int r = 0; r < 60; ++r) s.tokens.insert(s.tokens.end(), phrase.begin(), phrase.end());
-  s.source = "phrase";
-  return {std::move(s), seq_len, 0.1};
-}
 
 moonlight::RunConfig tiny_run(moonlight::TrainOptions o) {
   moonlight::RunConfig run{moonlight::Config::load(fixture("tiny_moonlight") / "config.json"), o};
