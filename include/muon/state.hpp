@@ -2,9 +2,9 @@
 //
 // An optimizer exports its state as one tensor per buffer, named "<parameter>/<buffer>"
 // (momentum, and normuon_v with NorMuon on; exp_avg and exp_avg_sq), with the step counts and the
-// options; and imports it back, checking it against its parameter table. Keyed by parameter name only, so a state exported by
-// the single-process optimizer imports into a ZeRO-1 run at any world size and back. Writing it
-// to a file is muon/state_file.hpp's job, which the core does not include.
+// options; and imports it back, checking it against its parameter table. Keyed by parameter name
+// only, so a state exported by the single-process optimizer imports into a ZeRO-1 run at any world
+// size and back. Writing it to a file is muon/state_file.hpp's job, which the core does not include.
 #pragma once
 
 #include <cstdint>

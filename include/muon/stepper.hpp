@@ -1,11 +1,11 @@
 // muon/stepper.hpp: the state of one set of parameters and the update that moves them.
 //
-// A Stepper owns the optimizer state (momenta and NorMuon's second moments; AdamW moments), the shape groups Newton–Schulz
-// batches over and their workspaces, and applies one update: Muon on its matrices (momentum →
-// Newton–Schulz per shape group → scaled update with decay), AdamW on the rest. It knows no
-// schedule, no step counter and no file: the step's numbers come from a StepValues block
-// (muon/step_driver.hpp) that the operations read when they run, and the state goes in and out
-// as host tensors (muon/state.hpp).
+// A Stepper owns the optimizer state (momenta and NorMuon's second moments; AdamW moments), the
+// shape groups Newton–Schulz batches over and their workspaces, and applies one update: Muon on its
+// matrices (momentum → Newton–Schulz per shape group → scaled update with decay), AdamW on the
+// rest. It knows no schedule, no step counter and no file: the step's numbers come from a
+// StepValues block (muon/step_driver.hpp) that the operations read when they run, and the state
+// goes in and out as host tensors (muon/state.hpp).
 //
 // It never owns the model's memory: the parameter table points at values and gradients in the
 // backend's memory.
