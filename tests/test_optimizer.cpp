@@ -56,6 +56,33 @@ std::filesystem::path temp_path(const std::string& name) {
   return std::filesystem::temp_directory_path() / ("muon_test_" + std::to_string(::getpid()) + "_" + name);
 }
 
+// A run of 6 steps, and the same run saved after 3 steps and loaded into an optimizer built with
+// `fresh` (the saved options replace its own) for the other 3; what the load gave, and both ends.
+struct Resumed {
+  Model uninterrupted, resumed;
+  std::int64_t loaded_step = 0;
+  muon::Options loaded_options;
+};
+Resumed save_and_resume(const muon::Options& options, const muon::Options& fresh, const std::string& file) {
+  const auto path = temp_path(file);
+  Resumed r;
+  Opt full(r.uninterrupted.table(), options);
+  train(r.uninterrupted, full, 6);
+
+  Model first;
+  Opt before(first.table(), options);
+  train(first, before, 3);
+  muon::save_state(before, path);
+  r.resumed = first;  // the model's weights are the trainer's to save; the optimizer saves its own state
+  Opt after(r.resumed.table(), fresh);
+  muon::load_state(after, path);
+  r.loaded_step = after.step_count();
+  r.loaded_options = after.options();
+  train(r.resumed, after, 3);
+  std::filesystem::remove(path);
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("routing follows Moonlight's policy by role, and an explicit rule overrides it") {
@@ -200,25 +227,12 @@ TEST_CASE("learning-rate schedules: warmup then cosine, and warmup-stable-decay"
 }
 
 TEST_CASE("save then load resumes bit-identically to an uninterrupted run") {
-  const auto path = temp_path("resume.safetensors");
   const muon::Options options{.lr = 0.02, .schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 8},
                               .max_grad_norm = 5.0};
-  Model uninterrupted;
-  Opt full(uninterrupted.table(), options);
-  train(uninterrupted, full, 6);
-
-  Model first;
-  Opt before(first.table(), options);
-  train(first, before, 3);
-  muon::save_state(before, path);
-  Model resumed = first;  // the model's weights are the trainer's to save; the optimizer saves its own state
-  Opt after(resumed.table(), {.lr = 123.0});  // the saved options replace these
-  muon::load_state(after, path);
-  CHECK(after.step_count() == 3);
-  CHECK(after.options().lr == 0.02);
-  train(resumed, after, 3);
-  CHECK(resumed.values() == uninterrupted.values());
-  std::filesystem::remove(path);
+  const Resumed r = save_and_resume(options, {.lr = 123.0}, "resume.safetensors");
+  CHECK(r.loaded_step == 3);
+  CHECK(r.loaded_options.lr == 0.02);
+  CHECK(r.resumed.values() == r.uninterrupted.values());
 }
 
 TEST_CASE("schedules stay finite and in [0, 1] at every step up to 2^53, and longer ones are refused") {
@@ -336,31 +350,19 @@ TEST_CASE("NorMuon's update has RMS 0.2 x lr exactly, whatever Newton-Schulz lea
 }
 
 TEST_CASE("NorMuon: save then load resumes bit-identically to an uninterrupted run") {
-  const auto path = temp_path("normuon_resume.safetensors");
   muon::Options options = kNorMuon;
   options.schedule = muon::WarmupCosine{.warmup_steps = 2, .total_steps = 8};
   options.max_grad_norm = 5.0;
-  Model uninterrupted;
-  Opt full(uninterrupted.table(), options);
-  train(uninterrupted, full, 6);
-
-  Model first;
-  Opt before(first.table(), options);
-  train(first, before, 3);
-  muon::save_state(before, path);
-  Model resumed = first;
-  Opt after(resumed.table(), {.lr = 123.0, .muon = {.normuon = {.enabled = true}}});  // the saved options replace these
-  muon::load_state(after, path);
-  CHECK(after.options().muon.normuon.beta2 == 0.95f);
-  train(resumed, after, 3);
-  CHECK(resumed.values() == uninterrupted.values());
+  const Resumed r =
+      save_and_resume(options, {.lr = 123.0, .muon = {.normuon = {.enabled = true}}}, "normuon_resume.safetensors");
+  CHECK(r.loaded_options.muon.normuon.beta2 == 0.95f);
+  CHECK(r.resumed.values() == r.uninterrupted.values());
   // And NorMuon did something: the same run without it ends elsewhere.
   Model plain;
   options.muon.normuon.enabled = false;
   Opt muon_only(plain.table(), options);
   train(plain, muon_only, 6);
-  CHECK(plain.values() != uninterrupted.values());
-  std::filesystem::remove(path);
+  CHECK(plain.values() != r.uninterrupted.values());
 }
 
 TEST_CASE("NorMuon's switch decides the state: a state or options with the other switch are refused, naming the parameter") {

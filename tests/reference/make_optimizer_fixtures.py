@@ -457,6 +457,17 @@ def detect_momentum_form(buf, grads):
     return "unknown", err_ema, err_sum
 
 
+def start(out):
+    """Seeds torch, pins it to one thread and deterministic kernels, and empties `out` of fixtures."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if name.endswith(".safetensors"):
+            os.remove(os.path.join(out, name))
+
+
 # ----------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -465,13 +476,7 @@ def main():
                     help="also compare eager vs torch.compile'd Moonlight NS in bf16 (needs a C++ compiler; informational)")
     args = ap.parse_args()
 
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    os.makedirs(args.out, exist_ok=True)
-    for name in os.listdir(args.out):
-        if name.endswith(".safetensors"):
-            os.remove(os.path.join(args.out, name))
+    start(args.out)
 
     print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"torch NS function: torch.optim._muon.{TORCH_NS_NAME}")

@@ -66,8 +66,7 @@ struct Attention {
   struct Tape {
     Mat<S> x, qa, q, kv_a, latent, kv, out;  // qa: the normalised q LoRA latent; kv_a: k_pe rotated
     typename RmsNorm<S>::Tape qa_norm, kv_norm;
-    std::int64_t sequences = 1;
-    std::vector<Mat<S>> probs;  // per sequence and head [T, T]
+    std::vector<Mat<S>> probs;  // per sequence and head [T, T]: their count gives the sequences
     std::vector<S> max_logit;   // per head: the largest logit that reached the softmax (QK-clip)
   };
 
@@ -129,7 +128,6 @@ struct Attention {
     Mat<S> kv;
     std::vector<S> max_logit;  // per sequence and head
     if (tape) {
-      tape->sequences = sequences;
       tape->probs.assign(static_cast<std::size_t>(sequences * H), Mat<S>());
       max_logit.assign(static_cast<std::size_t>(sequences * H), -std::numeric_limits<S>::infinity());
     }
@@ -187,14 +185,15 @@ struct Attention {
   }
 
   Mat<S> backward(const Tape& tape, const Mat<S>& dy) const {
-    const std::int64_t rows_in = tape.x.rows(), T = rows_in / tape.sequences, H = c->num_attention_heads;
+    const std::int64_t H = c->num_attention_heads, sequences = std::ssize(tape.probs) / H;
+    const std::int64_t rows_in = tape.x.rows(), T = rows_in / sequences;
     const std::int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     const std::int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = c->qk_head_dim();
     const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dqk)));
     constexpr auto no = muon::Transpose::no, yes = muon::Transpose::yes;
     const Mat<S> dout = linear_backward(tape.out, o_proj, dy);
     Mat<S> dq(rows_in, H * dqk), dkv(rows_in, H * (dn + dv)), dk_pe = Mat<S>::Zero(rows_in, dr);
-    for (std::int64_t bh = 0; bh < tape.sequences * H; ++bh) {
+    for (std::int64_t bh = 0; bh < sequences * H; ++bh) {
       const std::int64_t b = bh / H, h = bh % H, t0 = b * T;  // the sequence's first row
       const Mat<S>& P = tape.probs[static_cast<std::size_t>(bh)];
       const auto dout_h = dout.block(t0, h * dv, T, dv);
