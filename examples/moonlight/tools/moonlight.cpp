@@ -3,6 +3,7 @@
 //   moonlight train --config configs/tiny.json --data corpus/ --out runs/tiny   (train_command.hpp)
 //   moonlight tokenize --data corpus/ --out corpus.bin
 //   moonlight compare --baseline runs/adamw --runs runs/muon --plot study.png  (compare_command.hpp)
+//   moonlight logits --runs runs/muon runs/muon-qkclip --plot logits.png        (logits_command.hpp)
 //   moonlight info --config configs/moonlight-16b-a3b.json                     (info_command.hpp)
 //   moonlight init --config configs/tiny.json --dtype bf16 --seed 1 --out DIR  (init_command.hpp)
 //   moonlight generate --model DIR --prompt "Once upon a time" --max-new-tokens 64 --temperature 0.7 --seed 1
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +39,7 @@
 #include "compare_command.hpp"
 #include "info_command.hpp"
 #include "init_command.hpp"
+#include "logits_command.hpp"
 #include "schema_flags.hpp"
 #include "train_command.hpp"
 
@@ -139,6 +142,16 @@ int main(int argc, char** argv) {
   compare->add_option("--runs", compare_runs, "run directories to compare")->required();
   compare->add_option("--plot", compare_plot, "PNG of all validation curves");
 
+  std::vector<std::filesystem::path> logits_runs;
+  std::filesystem::path logits_plot;
+  bool logits_per_head = false;
+  std::optional<double> logits_tau;
+  CLI::App* logits = app.add_subcommand("logits", "each run's largest attention logits over training (what QK-clip caps)");
+  logits->add_option("--runs", logits_runs, "run directories written by `moonlight train`")->required();
+  logits->add_option("--plot", logits_plot, "PNG of each run's largest logit over all heads, per step");
+  logits->add_flag("--per-head", logits_per_head, "also print each head's peak over the run");
+  logits->add_option("--tau", logits_tau, "draw QK-clip's threshold as a line on the plot")->check(CLI::PositiveNumber);
+
   std::filesystem::path info_config;
   CLI::App* info = app.add_subcommand("info", "parameter counts, tensor count and checkpoint size of a config");
   info->add_option("--config", info_config, "Hugging Face config.json, or a run config")->required()->check(CLI::ExistingFile);
@@ -160,6 +173,7 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) return moonlight::cli::train_dispatch(train_args, argc, argv);
     if (compare->parsed()) return moonlight::cli::compare(baseline, compare_runs, compare_plot);
+    if (logits->parsed()) return moonlight::cli::logits(logits_runs, logits_plot, logits_per_head, logits_tau);
     if (info->parsed()) return moonlight::cli::info(info_config);
     if (init->parsed()) {
       init_args.dtype = dtypes.at(init_dtype);
