@@ -34,7 +34,7 @@ TEST_CASE("the plot is a PNG of the requested size, redrawn when the data change
   muon::test::TempDir dir("plot");
   const fs::path png = dir.path() / "loss.png";
   std::vector<moonlight::Series> series{{"muon", {0, 100, 200}, {9.0, 6.5, 5.0}}, {"adamw", {0, 100, 200}, {9.0, 7.0, 5.6}}};
-  moonlight::plot_loss_curves(png, series, kLabels, {.width = 640, .height = 400});
+  moonlight::plot_curves(png, series, kLabels, {.width = 640, .height = 400});
   const std::string bytes = read_bytes(png);
   REQUIRE(bytes.size() > 24);
   CHECK(bytes.substr(0, 8) == "\x89PNG\r\n\x1a\n");
@@ -43,7 +43,7 @@ TEST_CASE("the plot is a PNG of the requested size, redrawn when the data change
   CHECK(big_endian(bytes, 20) == 400);
 
   series[1].y[2] = 4.0;  // a second call in the same process, on new data
-  moonlight::plot_loss_curves(png, series, kLabels, {.width = 640, .height = 400});
+  moonlight::plot_curves(png, series, kLabels, {.width = 640, .height = 400});
   CHECK(read_bytes(png) != bytes);
   for (const fs::directory_entry& e : fs::directory_iterator(dir.path())) CHECK(e.path().filename() == "loss.png");
 }
@@ -52,13 +52,13 @@ TEST_CASE("bad plot input is a typed error that leaves nothing behind") {
   muon::test::TempDir dir("plot_bad");
   const std::vector<moonlight::Series> ok{{"a", {1, 2}, {3, 4}}};
   const std::string unwritable = "cannot write plot '" + (dir.path() / "missing" / "p.png").string() + "'";
-  CHECK_THROWS_WITH_AS(moonlight::plot_loss_curves(dir.path() / "missing" / "p.png", ok, kLabels),
+  CHECK_THROWS_WITH_AS(moonlight::plot_curves(dir.path() / "missing" / "p.png", ok, kLabels),
                        doctest::Contains(unwritable.c_str()), muon::FileError);
-  CHECK_THROWS_AS(moonlight::plot_loss_curves(dir.path() / "p.png", std::vector<moonlight::Series>{}, kLabels),
+  CHECK_THROWS_AS(moonlight::plot_curves(dir.path() / "p.png", std::vector<moonlight::Series>{}, kLabels),
                   muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS(moonlight::plot_loss_curves(dir.path() / "p.png", std::vector<moonlight::Series>{{"b", {1, 2}, {3}}}, kLabels),
+  CHECK_THROWS_WITH_AS(moonlight::plot_curves(dir.path() / "p.png", std::vector<moonlight::Series>{{"b", {1, 2}, {3}}}, kLabels),
                        doctest::Contains("series 'b' has 2 x values and 1 y values"), muon::InvalidArgument);
-  CHECK_THROWS_WITH_AS(moonlight::plot_loss_curves(dir.path() / "p.png", std::vector<moonlight::Series>{{"n", {1}, {NAN}}}, kLabels),
+  CHECK_THROWS_WITH_AS(moonlight::plot_curves(dir.path() / "p.png", std::vector<moonlight::Series>{{"n", {1}, {NAN}}}, kLabels),
                        doctest::Contains("no finite point"), muon::InvalidArgument);
   CHECK(fs::is_empty(dir.path()));
 }

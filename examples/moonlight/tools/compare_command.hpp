@@ -64,7 +64,7 @@ inline int compare(const std::filesystem::path& baseline, const std::vector<std:
     all.push_back(std::move(curve));
   }
   if (!plot.empty()) {
-    plot_loss_curves(plot, all, {.title = "Validation loss", .x_label = "tokens", .y_label = "cross-entropy (nats)"});
+    plot_curves(plot, all, {.title = "Validation loss", .x_label = "tokens", .y_label = "cross-entropy (nats)"});
     std::printf("\nplot: %s\n", plot.c_str());
   }
   return 0;

@@ -139,7 +139,7 @@ inline int logits(const std::vector<std::filesystem::path>& runs, const std::fil
       for (const Series& c : curves) first = std::min(first, c.x.front()), last = std::max(last, c.x.back());
       curves.push_back({"tau " + nlohmann::json(*tau).dump(), {first, last}, {*tau, *tau}});
     }
-    plot_loss_curves(plot, curves, {.title = "Largest attention logit over all heads", .x_label = "tokens",
+    plot_curves(plot, curves, {.title = "Largest attention logit over all heads", .x_label = "tokens",
                                     .y_label = "max pre-softmax logit (scaled)"});
     std::printf("\nplot: %s\n", plot.c_str());
   }

@@ -159,7 +159,7 @@ int train(const TrainArgs& args, C comm) {
     if (m.val_loss) {
       progress.note("step " + std::to_string(m.step) + ": validation loss " + std::to_string(*m.val_loss) +
                     ", expert load max/mean " + std::to_string(m.load_imbalance));
-      plot_loss_curves(args.out / "loss.png", loss_curves(args.out / "metrics.jsonl", std::string(muon::enum_name(o.optimizer))),
+      plot_curves(args.out / "loss.png", loss_curves(args.out / "metrics.jsonl", std::string(muon::enum_name(o.optimizer))),
                        {.title = "Moonlight training loss", .x_label = "tokens", .y_label = "cross-entropy (nats)"});
     }
   });

@@ -1,11 +1,11 @@
-// moonlight/plot.hpp: loss curves as a PNG, drawn by PLplot (Debian's libplplot-dev with the
-// cairo driver, device "pngcairo").
+// moonlight/plot.hpp: curves (losses, attention logits) as a PNG, drawn by PLplot (Debian's
+// libplplot-dev with the cairo driver, device "pngcairo").
 //
-// One colour per series, a legend, a grid, axes fitted to the finite data. The image is rendered
-// to a temporary file beside the target and renamed over it, so a reader (an image viewer
-// refreshing during training) never sees half a PNG.
+// One colour per series (then dashed, past seven), a legend, a grid, axes fitted to the finite
+// data. The image is rendered to a temporary file beside the target and renamed over it, so a
+// reader (an image viewer refreshing during training) never sees half a PNG.
 //
-//   moonlight::plot_loss_curves("run/loss.png", series, {.title = "loss", .x_label = "tokens", .y_label = "nats"});
+//   moonlight::plot_curves("run/loss.png", series, {.title = "loss", .x_label = "tokens", .y_label = "nats"});
 #pragma once
 
 #include <plplot/plplot.h>
@@ -67,7 +67,7 @@ struct PlotStream {
 
 }  // namespace detail
 
-inline void plot_loss_curves(const std::filesystem::path& png, std::span<const Series> series, const PlotLabels& labels,
+inline void plot_curves(const std::filesystem::path& png, std::span<const Series> series, const PlotLabels& labels,
                              PlotSize size = {}) {
   if (series.empty()) throw muon::InvalidArgument("plot '" + png.string() + "': no series to plot");
   if (size.width < 64 || size.height < 64) throw muon::InvalidArgument("plot size must be at least 64x64 pixels");
@@ -114,7 +114,11 @@ inline void plot_loss_curves(const std::filesystem::path& png, std::span<const S
     std::vector<const char*> texts;
     for (std::size_t k = 0; k < series.size(); ++k) {
       const PLINT colour = static_cast<PLINT>(2 + k % detail::kLineColours.size());
+      // Past the seven colours, the next round of series is dashed (PLplot styles 2–8), so no two
+      // series share both colour and style until 56.
+      const PLINT style = static_cast<PLINT>(1 + (k / detail::kLineColours.size()) % 8);
       plcol0(colour);
+      pllsty(style);
       plwidth(2.0);
       std::vector<PLFLT> x, y;
       for (std::size_t i = 0; i < series[k].x.size(); ++i) {
@@ -126,11 +130,12 @@ inline void plot_loss_curves(const std::filesystem::path& png, std::span<const S
       if (!x.empty()) plline(static_cast<PLINT>(x.size()), x.data(), y.data());
       options.push_back(PL_LEGEND_LINE);
       colours.push_back(colour);
-      styles.push_back(1);
+      styles.push_back(style);
       widths.push_back(2.0);
       texts.push_back(series[k].label.c_str());
     }
     plwidth(1.0);
+    pllsty(1);
     PLFLT legend_width = 0.0, legend_height = 0.0;
     const auto n = static_cast<PLINT>(series.size());
     std::vector<PLINT> text_colours(series.size(), 1);
