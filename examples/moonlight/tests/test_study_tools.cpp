@@ -89,6 +89,15 @@ TEST_CASE("logits: runs it cannot read are typed errors naming the run") {
   const fs::path ragged = write_run(dir.path(), "ragged",
                                     {R"({"step":1,"tokens":100,"max_logits":[[1.0,2.0],[3.0,0.5]]})",
                                      R"({"step":2,"tokens":200,"max_logits":[[1.0,2.0]]})"});
-  CHECK_THROWS_WITH_AS(moonlight::cli::logit_history(ragged), doctest::Contains("step 2 logs max_logits of another shape"),
+  CHECK_THROWS_WITH_AS(moonlight::cli::logit_history(ragged),
+                       doctest::Contains("step 2 logs max_logits of another shape than the run's first step (2 layers of 2 heads)"),
+                       muon::InvalidArgument);
+  const fs::path heads = write_run(dir.path(), "heads",
+                                   {R"({"step":1,"tokens":100,"max_logits":[[1.0,2.0],[3.0,0.5]]})",
+                                    R"({"step":2,"tokens":200,"max_logits":[[1.0,2.0],[3.0]]})"});
+  CHECK_THROWS_WITH_AS(moonlight::cli::logit_history(heads), doctest::Contains("step 2 logs max_logits of another shape"),
+                       muon::InvalidArgument);
+  const fs::path flat = write_run(dir.path(), "flat", {R"({"step":7,"tokens":100,"max_logits":[1.0,2.0]})"});
+  CHECK_THROWS_WITH_AS(moonlight::cli::logit_history(flat), doctest::Contains("step 7 logs max_logits that are not a [layer][head] array"),
                        muon::InvalidArgument);
 }

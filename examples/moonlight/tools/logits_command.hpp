@@ -44,22 +44,24 @@ inline LogitHistory logit_history(const std::filesystem::path& run) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object() || !j.contains("max_logits") || !j.contains("tokens")) continue;
     const nlohmann::json& by_layer = j.at("max_logits");
-    const auto layers = static_cast<std::int64_t>(by_layer.size());
-    const auto heads = layers > 0 ? static_cast<std::int64_t>(by_layer.front().size()) : 0;
-    if (h.maxima.empty()) h.layers = layers, h.heads = heads;
-    if (layers != h.layers || heads == 0) {
-      throw muon::InvalidArgument(metrics.string() + ": step " + j.value("step", nlohmann::json()).dump() +
-                                  " logs max_logits of another shape than the run's first step");
+    const std::string where = metrics.string() + ": step " + j.value("step", nlohmann::json()).dump();
+    if (!by_layer.is_array() || by_layer.empty() || !by_layer.front().is_array() || by_layer.front().empty()) {
+      throw muon::InvalidArgument(where + " logs max_logits that are not a [layer][head] array");
+    }
+    if (h.maxima.empty()) {
+      h.layers = static_cast<std::int64_t>(by_layer.size());
+      h.heads = static_cast<std::int64_t>(by_layer.front().size());
     }
     std::vector<double> step;
-    step.reserve(static_cast<std::size_t>(layers * heads));
+    step.reserve(static_cast<std::size_t>(h.layers * h.heads));
     for (const nlohmann::json& row : by_layer) {
-      if (static_cast<std::int64_t>(row.size()) != heads) {
-        throw muon::InvalidArgument(metrics.string() + ": step " + j.value("step", nlohmann::json()).dump() +
-                                    " logs layers with different head counts");
-      }
+      if (!row.is_array() || static_cast<std::int64_t>(row.size()) != h.heads) break;
       // JSON has no NaN: a non-finite maximum (a diverged step) is written as null.
       for (const nlohmann::json& v : row) step.push_back(v.is_number() ? v.get<double>() : std::nan(""));
+    }
+    if (static_cast<std::int64_t>(step.size()) != h.layers * h.heads || static_cast<std::int64_t>(by_layer.size()) != h.layers) {
+      throw muon::InvalidArgument(where + " logs max_logits of another shape than the run's first step (" +
+                                  std::to_string(h.layers) + " layers of " + std::to_string(h.heads) + " heads)");
     }
     h.tokens.push_back(j.at("tokens").get<double>());
     h.maxima.push_back(std::move(step));
@@ -140,7 +142,7 @@ inline int logits(const std::vector<std::filesystem::path>& runs, const std::fil
       curves.push_back({"tau " + nlohmann::json(*tau).dump(), {first, last}, {*tau, *tau}});
     }
     plot_curves(plot, curves, {.title = "Largest attention logit over all heads", .x_label = "tokens",
-                                    .y_label = "max pre-softmax logit (scaled)"});
+                               .y_label = "max pre-softmax logit (scaled)"});
     std::printf("\nplot: %s\n", plot.c_str());
   }
   return 0;
