@@ -68,7 +68,7 @@ struct PlotStream {
 }  // namespace detail
 
 inline void plot_curves(const std::filesystem::path& png, std::span<const Series> series, const PlotLabels& labels,
-                             PlotSize size = {}) {
+                        PlotSize size = {}) {
   if (series.empty()) throw muon::InvalidArgument("plot '" + png.string() + "': no series to plot");
   if (size.width < 64 || size.height < 64) throw muon::InvalidArgument("plot size must be at least 64x64 pixels");
   double xmin = std::numeric_limits<double>::infinity(), xmax = -xmin, ymin = xmin, ymax = -xmin;
