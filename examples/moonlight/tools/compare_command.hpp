@@ -29,10 +29,7 @@ inline std::optional<double> tokens_to_reach(const Series& curve, double target)
 }
 
 inline Series validation_curve(const std::filesystem::path& run) {
-  const std::filesystem::path metrics = run / "metrics.jsonl";
-  if (!std::filesystem::exists(metrics)) {
-    throw muon::FileError("run '" + run.string() + "' has no metrics.jsonl; pass directories written by `moonlight train`");
-  }
+  const std::filesystem::path metrics = run_metrics(run);
   std::vector<Series> curves = loss_curves(metrics, run.filename().string());
   if (curves.size() < 2) {
     throw muon::InvalidArgument("run '" + run.string() + "' logged no validation loss; train it with eval_every > 0");

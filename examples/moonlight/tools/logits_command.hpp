@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <optional>
 #include <string>
@@ -19,6 +18,7 @@
 #include <moonlight/plot.hpp>
 #include <nlohmann/json.hpp>
 
+#include "loss_curves.hpp"
 #include "muon/error.hpp"
 
 namespace moonlight::cli {
@@ -35,14 +35,10 @@ struct LogitHistory {
 };
 
 inline LogitHistory logit_history(const std::filesystem::path& run) {
-  const std::filesystem::path metrics = run / "metrics.jsonl";
-  std::ifstream in(metrics);
-  if (!in) throw muon::FileError("run '" + run.string() + "' has no metrics.jsonl; pass directories written by `moonlight train`");
+  const std::filesystem::path metrics = run_metrics(run);
   LogitHistory h{.label = run.filename().string()};
-  std::string line;
-  while (std::getline(in, line)) {
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("max_logits") || !j.contains("tokens")) continue;
+  for_each_step(metrics, [&](const nlohmann::json& j) {
+    if (!j.contains("max_logits")) return;
     const nlohmann::json& by_layer = j.at("max_logits");
     const std::string where = metrics.string() + ": step " + j.value("step", nlohmann::json()).dump();
     if (!by_layer.is_array() || by_layer.empty() || !by_layer.front().is_array() || by_layer.front().empty()) {
@@ -68,7 +64,7 @@ inline LogitHistory logit_history(const std::filesystem::path& run) {
     const std::int64_t clipped = j.value("qk_clipped", std::int64_t{0});
     h.clipped_heads += clipped;
     h.clipping_steps += clipped > 0 ? 1 : 0;
-  }
+  });
   if (h.maxima.empty()) {
     throw muon::InvalidArgument("run '" + run.string() + "' logged no max_logits (it predates them); retrain it with `moonlight train`");
   }
