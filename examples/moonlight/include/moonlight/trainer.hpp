@@ -52,6 +52,7 @@
 #include "moonlight/train_options.hpp"
 #include "moonlight/weights.hpp"
 #include "muon/backends/eigen.hpp"
+#include "muon/cpu/elementwise.hpp"
 #include "muon/distributed/communicator.hpp"
 #include "muon/distributed/zero1.hpp"
 
@@ -214,7 +215,6 @@ class Trainer {
   StepMetrics train_step() {
     const TrainOptions& o = run_.training;
     const auto start = std::chrono::steady_clock::now();
-    std::ranges::fill(grads_, 0.0f);
     load_ = empty_load();
     MaxLogits max_logits = MaxLogits::empty(run_.model);
     PassResult pass;
@@ -222,13 +222,12 @@ class Trainer {
       std::vector<std::span<const std::int32_t>> sequences;
       const std::int64_t first = ((step() * o.grad_accum + a) * world() + rank()) * o.micro_batch;
       for (std::int64_t j = 0; j < o.micro_batch; ++j) sequences.push_back(data_.train(order_.at(first + j)));
-      const PassResult r = run_sequences(sequences, load_, max_logits);
+      const PassResult r = run_sequences(sequences, /*first=*/a == 0, load_, max_logits);
       pass.loss_sum += r.loss_sum;
       pass.aux_sum += r.aux_sum;
     }
     const auto local = static_cast<double>(o.micro_batch * o.grad_accum);
-    const auto scale = static_cast<float>(1.0 / local);
-    for (float& g : grads_) g *= scale;
+    reduce_gradients(static_cast<float>(1.0 / local));
 
     // Every rank must see the same losses and loads: the bias update is replicated.
     double sums[] = {pass.loss_sum / local, pass.aux_sum / local};
@@ -291,10 +290,10 @@ class Trainer {
   [[nodiscard]] bool rank0() { return rank() == 0; }
 
   // Forward and backward over `sequences` (of equal length), each thread taking a contiguous share
-  // in one pass (stacked, so that its products have that many more rows); gradients land in
-  // grads_ (summed, in thread order), expert loads into `load`, the largest attention logits into
-  // `max_logits`.
-  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, ExpertLoad& load,
+  // in one pass (stacked, so that its products have that many more rows) and adding its gradients
+  // into its own buffer (grads_ for thread 0), which it zeroes first on the step's `first`
+  // micro-batch; expert loads land in `load`, the largest attention logits in `max_logits`.
+  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, bool first, ExpertLoad& load,
                            MaxLogits& max_logits) {
     int threads = 1;
 #ifdef _OPENMP
@@ -304,7 +303,7 @@ class Trainer {
       if (s.size() != sequences.front().size())
         throw muon::InvalidArgument("Trainer: the sequences of a micro-batch must have equal lengths");
     thread_grads_.resize(static_cast<std::size_t>(threads - 1));
-    for (std::vector<float>& g : thread_grads_) g.assign(grads_.size(), 0.0f);
+    for (std::vector<float>& g : thread_grads_) g.resize(grads_.size());
     std::vector<ExpertLoad> loads(static_cast<std::size_t>(threads), empty_load());
     std::vector<PassResult> results(static_cast<std::size_t>(threads));
     std::vector<MaxLogits> thread_logits(static_cast<std::size_t>(threads), MaxLogits::empty(run_.model));
@@ -318,6 +317,8 @@ class Trainer {
 #endif
       const auto ut = static_cast<std::size_t>(t);
       std::span<float> grads = t == 0 ? std::span<float>(grads_) : std::span<float>(thread_grads_[ut - 1]);
+      // Zeroed by the thread that fills it, in parallel (a serial fill held the other thread idle).
+      if (first) std::ranges::fill(grads, 0.0f);
       const std::int64_t first = n * t / threads, last = n * (t + 1) / threads;
       std::vector<std::int32_t> inputs, targets;
       for (std::int64_t i = first; i < last; ++i) {
@@ -338,12 +339,24 @@ class Trainer {
       total.loss_sum += results[t].loss_sum;
       total.aux_sum += results[t].aux_sum;
       max_logits.add(thread_logits[t]);
-      if (t > 0)
-        for (std::size_t k = 0; k < grads_.size(); ++k) grads_[k] += thread_grads_[t - 1][k];
       for (std::size_t l = 0; l < load.tokens.size(); ++l)
         for (std::size_t e = 0; e < load.tokens[l].size(); ++e) load.tokens[l][e] += loads[t].tokens[l][e];
     }
     return total;
+  }
+
+  // grads_ ← scale · (grads_ + the other threads' buffers, in thread order), over blocks split
+  // across the threads: each element is summed in the same order whatever the split.
+  void reduce_gradients(float scale) {
+    const muon::cpu::ElementwiseKernels& k = muon::cpu::elementwise_kernels(muon::detected_cpu_isa());
+    constexpr std::int64_t block = 4096;  // 16 KiB: the sum and the scale of a block stay in L1
+    const auto n = static_cast<std::int64_t>(grads_.size());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t begin = 0; begin < n; begin += block) {
+      const std::int64_t len = std::min(block, n - begin);
+      for (const std::vector<float>& g : thread_grads_) k.axpby(1.0f, g.data() + begin, 1.0f, grads_.data() + begin, len);
+      k.scale(grads_.data() + begin, len, scale);
+    }
   }
 
   void save_checkpoint() {
