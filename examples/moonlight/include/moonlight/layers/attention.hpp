@@ -22,6 +22,7 @@
 
 #include "moonlight/config.hpp"
 #include "moonlight/kv_cache.hpp"
+#include "moonlight/layers/elementwise.hpp"
 #include "moonlight/layers/linear.hpp"
 #include "moonlight/layers/rms_norm.hpp"
 #include "moonlight/layers/rope.hpp"
@@ -34,13 +35,19 @@ enum class AttentionPath { automatic, decompressed, absorbed };
 namespace layers {
 
 // In-place softmax of the first `n` entries of a row; entries from n on (the causal mask's future
-// positions) become 0.
+// positions) become 0. fp32 runs in layers/elementwise.hpp's loops.
 template <class S>
 void softmax_prefix(S* row, std::int64_t n, std::int64_t width) {
-  const S m = *std::max_element(row, row + n);
-  S sum = 0;
-  for (std::int64_t u = 0; u < n; ++u) sum += row[u] = std::exp(row[u] - m);
-  for (std::int64_t u = 0; u < n; ++u) row[u] /= sum;
+  if constexpr (std::is_same_v<S, float>) {
+    const ElementwiseKernels& k = elementwise_kernels();
+    const float sum = k.exp_sum(row, n, k.max(row, n));
+    muon::cpu::elementwise_kernels(muon::detected_cpu_isa()).scale(row, n, 1.0f / sum);
+  } else {
+    const S m = *std::max_element(row, row + n);
+    S sum = 0;
+    for (std::int64_t u = 0; u < n; ++u) sum += row[u] = std::exp(row[u] - m);
+    for (std::int64_t u = 0; u < n; ++u) row[u] /= sum;
+  }
   std::fill(row + n, row + width, S(0));
 }
 

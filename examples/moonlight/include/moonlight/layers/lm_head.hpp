@@ -3,10 +3,13 @@
 // backward.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
+#include "moonlight/layers/elementwise.hpp"
 #include "moonlight/layers/linear.hpp"
 #include "moonlight/layers/rms_norm.hpp"
 
@@ -36,22 +39,30 @@ struct LmHead {
 };
 
 // Mean cross-entropy of `logits` [rows, vocab] against `targets` (one id per row), per sequence of
-// `sequence_length` rows, summed over the sequences the rows stack (one sequence by default). With
-// `gradient`, the logits are overwritten with d loss / d logits = (softmax − one-hot) / T, T the
-// sequence length.
+// `sequence_length` rows, summed over the sequences the rows stack (one sequence by default). The
+// logits are scratch: with `gradient` they are overwritten with d loss / d logits = (softmax −
+// one-hot) / T, T the sequence length; without, with their exponentials. fp32 runs in
+// layers/elementwise.hpp's loops.
 template <class S>
 S cross_entropy(Mat<S>& logits, std::span<const std::int32_t> targets, bool gradient, std::int64_t sequence_length = 0) {
-  const std::int64_t rows = logits.rows(), T = sequence_length > 0 ? sequence_length : rows;
+  const std::int64_t rows = logits.rows(), vocab = logits.cols(), T = sequence_length > 0 ? sequence_length : rows;
   S loss = 0;
   for (std::int64_t t = 0; t < rows; ++t) {
-    auto row = logits.row(t);
+    S* row = logits.data() + t * vocab;
     const std::int32_t target = targets[static_cast<std::size_t>(t)];
-    const Vec<S> e = (row.array() - row.maxCoeff()).exp();
-    const S sum = e.sum();
-    loss -= std::log(e(target) / sum);
+    S sum = 0;
+    if constexpr (std::is_same_v<S, float>) {
+      const ElementwiseKernels& k = elementwise_kernels();
+      sum = k.exp_sum(row, vocab, k.max(row, vocab));
+    } else {
+      const S m = *std::max_element(row, row + vocab);
+      for (std::int64_t v = 0; v < vocab; ++v) sum += row[v] = std::exp(row[v] - m);
+    }
+    loss -= std::log(row[target] / sum);
     if (gradient) {
-      row = e / (sum * static_cast<S>(T));
-      row(target) -= S(1) / static_cast<S>(T);
+      const S scale = S(1) / (sum * static_cast<S>(T));
+      for (std::int64_t v = 0; v < vocab; ++v) row[v] *= scale;
+      row[target] -= S(1) / static_cast<S>(T);
     }
   }
   return loss / static_cast<S>(T);
