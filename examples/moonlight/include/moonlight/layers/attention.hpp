@@ -22,7 +22,7 @@
 
 #include "moonlight/config.hpp"
 #include "moonlight/kv_cache.hpp"
-#include "moonlight/layers/elementwise.hpp"
+#include "moonlight/layers/kernels.hpp"
 #include "moonlight/layers/linear.hpp"
 #include "moonlight/layers/rms_norm.hpp"
 #include "moonlight/layers/rope.hpp"
@@ -35,11 +35,11 @@ enum class AttentionPath { automatic, decompressed, absorbed };
 namespace layers {
 
 // In-place softmax of the first `n` entries of a row; entries from n on (the causal mask's future
-// positions) become 0. fp32 runs in layers/elementwise.hpp's loops.
+// positions) become 0. fp32 runs in layers/kernels.hpp's loops.
 template <class S>
 void softmax_prefix(S* row, std::int64_t n, std::int64_t width) {
   if constexpr (std::is_same_v<S, float>) {
-    const ElementwiseKernels& k = elementwise_kernels();
+    const LayerKernels& k = layer_kernels();
     const float sum = k.exp_sum(row, n, k.max(row, n));
     muon::cpu::elementwise_kernels(muon::detected_cpu_isa()).scale(row, n, 1.0f / sum);
   } else {

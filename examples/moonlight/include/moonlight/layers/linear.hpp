@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "moonlight/layers/half_matrix.hpp"
+#include "moonlight/layers/kernels.hpp"
 #include "muon/cpu/blas.hpp"
 
 namespace moonlight::layers {
@@ -66,7 +67,8 @@ void product(const A& a, muon::Transpose ta, const B& b, muon::Transpose tb, C&&
 // y = x·Wᵀ. These products are most of a pass: in fp32 they go to muon/cpu/blas.hpp, that is to
 // OpenBLAS where muon has it, whose kernels are chosen for the CPU at run time (this code is
 // compiled for the baseline ISA, where Eigen's products are far slower); one token (decode) is a
-// matrix-vector product. fp64, for the finite-difference checks, stays in Eigen.
+// matrix-vector product, a few (an expert's share of a prompt) go to layers/kernels.hpp's
+// few_rows_product. fp64, for the finite-difference checks, stays in Eigen.
 template <class S>
 Mat<S> linear(const Mat<S>& x, const Weight<S>& W) {
   if constexpr (std::is_same_v<S, float>) {
@@ -75,6 +77,8 @@ Mat<S> linear(const Mat<S>& x, const Weight<S>& W) {
       half_linear(x.data(), x.rows(), W.stored, y.data());
     else if (x.rows() == 1)
       muon::cpu::gemv(W.rows, W.cols, 1.0f, W.value, W.cols, x.data(), 0.0f, y.data());
+    else if (const LayerKernels& k = layer_kernels(); x.rows() <= k.few_rows)
+      k.few_rows_product(x.data(), x.rows(), x.cols(), W.value, W.rows, y.data());
     else
       muon::cpu::gemm(muon::Transpose::no, muon::Transpose::yes, x.rows(), W.rows, x.cols(), 1.0f, x.data(), x.cols(),
                       W.value, W.cols, 0.0f, y.data(), W.rows);

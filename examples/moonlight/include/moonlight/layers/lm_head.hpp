@@ -9,7 +9,7 @@
 #include <span>
 #include <type_traits>
 
-#include "moonlight/layers/elementwise.hpp"
+#include "moonlight/layers/kernels.hpp"
 #include "moonlight/layers/linear.hpp"
 #include "moonlight/layers/rms_norm.hpp"
 
@@ -42,7 +42,7 @@ struct LmHead {
 // `sequence_length` rows, summed over the sequences the rows stack (one sequence by default). The
 // logits are scratch: with `gradient` they are overwritten with d loss / d logits = (softmax −
 // one-hot) / T, T the sequence length; without, with their exponentials. fp32 runs in
-// layers/elementwise.hpp's loops.
+// layers/kernels.hpp's loops.
 template <class S>
 S cross_entropy(Mat<S>& logits, std::span<const std::int32_t> targets, bool gradient, std::int64_t sequence_length = 0) {
   const std::int64_t rows = logits.rows(), vocab = logits.cols(), T = sequence_length > 0 ? sequence_length : rows;
@@ -52,7 +52,7 @@ S cross_entropy(Mat<S>& logits, std::span<const std::int32_t> targets, bool grad
     const std::int32_t target = targets[static_cast<std::size_t>(t)];
     S sum = 0;
     if constexpr (std::is_same_v<S, float>) {
-      const ElementwiseKernels& k = elementwise_kernels();
+      const LayerKernels& k = layer_kernels();
       sum = k.exp_sum(row, vocab, k.max(row, vocab));
     } else {
       const S m = *std::max_element(row, row + vocab);

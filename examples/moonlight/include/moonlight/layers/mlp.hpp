@@ -1,6 +1,6 @@
 // moonlight/layers/mlp.hpp: the SwiGLU MLP, down(silu(x·gateᵀ) ⊙ x·upᵀ), of the dense layers, of
 // each routed expert and of the shared experts (docs/moonlight-architecture.md §3.5), forward and
-// backward. fp32 runs the gate in layers/elementwise.hpp's loops (chosen for the CPU at run time),
+// backward. fp32 runs the gate in layers/kernels.hpp's loops (chosen for the CPU at run time),
 // fp64, for the finite-difference checks, in the scalar code here.
 #pragma once
 
@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "moonlight/layers/elementwise.hpp"
+#include "moonlight/layers/kernels.hpp"
 #include "moonlight/layers/linear.hpp"
 
 namespace moonlight::layers {
@@ -31,7 +31,7 @@ struct SwiGlu {
     Mat<S> u = linear(x, up);
     Mat<S> a(g.rows(), g.cols());
     if constexpr (std::is_same_v<S, float>)
-      elementwise_kernels().silu_mul(g.data(), u.data(), a.data(), g.size());
+      layer_kernels().silu_mul(g.data(), u.data(), a.data(), g.size());
     else
       a = g.unaryExpr([](S z) { return z * sigmoid(z); }).cwiseProduct(u);
     Mat<S> y = linear(a, down);
@@ -43,7 +43,7 @@ struct SwiGlu {
     const Mat<S> da = linear_backward(tape.a, down, dy);
     Mat<S> dg(tape.g.rows(), tape.g.cols()), du(tape.u.rows(), tape.u.cols());
     if constexpr (std::is_same_v<S, float>) {
-      elementwise_kernels().silu_mul_backward(tape.g.data(), tape.u.data(), da.data(), dg.data(), du.data(),
+      layer_kernels().silu_mul_backward(tape.g.data(), tape.u.data(), da.data(), dg.data(), du.data(),
                                               tape.g.size());
     } else {
       for (std::int64_t i = 0; i < tape.g.size(); ++i) {

@@ -1,4 +1,4 @@
-// The layers' dispatched elementwise loops (moonlight/layers/elementwise.hpp) at every level this
+// The layers' dispatched loops (moonlight/layers/kernels.hpp) at every level this
 // CPU runs: e^x against the exact value, the SwiGLU gate and its backward against fp64 formulas,
 // the row maximum, and sums whose bits do not depend on where a row is allocated.
 #include <doctest/doctest.h>
@@ -7,15 +7,15 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <moonlight/layers/elementwise.hpp>
+#include <moonlight/layers/kernels.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 namespace {
 
-using moonlight::layers::ElementwiseKernels;
-using moonlight::layers::elementwise_kernels;
+using moonlight::layers::LayerKernels;
+using moonlight::layers::layer_kernels;
 
 std::vector<muon::CpuIsa> supported_levels() {
   std::vector<muon::CpuIsa> levels;
@@ -58,7 +58,7 @@ TEST_CASE("exp_sum: e^x within 1.5 ulp from underflow to overflow, with IEEE lim
   }
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
-    const ElementwiseKernels& k = elementwise_kernels(isa);
+    const LayerKernels& k = layer_kernels(isa);
     std::vector<float> e = x;
     k.exp_sum(e.data(), static_cast<std::int64_t>(e.size()), 0.0f);  // the sum overflows here
     double worst = 0.0;
@@ -87,7 +87,7 @@ TEST_CASE("exp_sum shifts, and its sum depends on the data only, never on the ro
   const std::vector<float> row = random_values(1000, 7, -30.0f, 5.0f);
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
-    const ElementwiseKernels& k = elementwise_kernels(isa);
+    const LayerKernels& k = layer_kernels(isa);
     std::vector<float> reference = row;
     const float shift = 4.5f, sum = k.exp_sum(reference.data(), 1000, shift);
     CHECK(ulps(reference[3], std::exp(double{row[3]} - shift)) <= 1.5);
@@ -113,7 +113,7 @@ TEST_CASE("exp_sum shifts, and its sum depends on the data only, never on the ro
 TEST_CASE("max: the largest element at any length, NaNs ignored, -inf when there is none") {
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
-    const ElementwiseKernels& k = elementwise_kernels(isa);
+    const LayerKernels& k = layer_kernels(isa);
     for (std::int64_t n = 1; n <= 40; ++n) {
       for (std::int64_t at = 0; at < n; ++at) {
         std::vector<float> v(static_cast<std::size_t>(n), -3.0f);
@@ -138,7 +138,7 @@ TEST_CASE("silu_mul and its backward equal the fp64 formulas within a few ulp") 
   const auto n = static_cast<std::int64_t>(g.size());
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
-    const ElementwiseKernels& k = elementwise_kernels(isa);
+    const LayerKernels& k = layer_kernels(isa);
     std::vector<float> a(g.size()), dg(g.size()), du(g.size());
     k.silu_mul(g.data(), u.data(), a.data(), n);
     k.silu_mul_backward(g.data(), u.data(), da.data(), dg.data(), du.data(), n);
@@ -159,5 +159,36 @@ TEST_CASE("silu_mul and its backward equal the fp64 formulas within a few ulp") 
     CHECK(a[0] == 0.0f);
     CHECK(a[1] == 150.0f * u[1]);
     CHECK(a[2] == 0.0f);
+  }
+}
+
+TEST_CASE("few_rows_product equals the fp64 product, across token blocks and leftover weight rows") {
+  // k = 37 and n = 21: a weight row ends mid-vector and n leaves 5 rows after two groups of 8;
+  // m up to 70 crosses every level's token block (4, 8, 16 lanes) and the 64-row threshold.
+  const std::int64_t k = 37, n = 21;
+  const std::vector<float> w = random_values(static_cast<std::size_t>(n * k), 21, -1.0f, 1.0f);
+  for (const muon::CpuIsa isa : supported_levels()) {
+    CAPTURE(std::string(muon::to_string(isa)));
+    const LayerKernels& kernels = layer_kernels(isa);
+    for (const std::int64_t m : {1, 3, 4, 5, 8, 12, 16, 17, 33, 64, 70}) {
+      CAPTURE(m);
+      const std::vector<float> x = random_values(static_cast<std::size_t>(m * k), static_cast<unsigned>(m), -1.0f, 1.0f);
+      std::vector<float> y(static_cast<std::size_t>(m * n), std::nanf(""));
+      kernels.few_rows_product(x.data(), m, k, w.data(), n, y.data());
+      // Each element is a k-term fp32 sum: |error| ≤ k·2^-24·Σ|x·w| (the classic bound, ≈ 2.2e-6
+      // of Σ|x·w| here); a wrong index or a lost lane is off by O(Σ|x·w|).
+      double worst = 0.0;
+      for (std::int64_t t = 0; t < m; ++t)
+        for (std::int64_t j = 0; j < n; ++j) {
+          double exact = 0.0, size = 0.0;
+          for (std::int64_t i = 0; i < k; ++i) {
+            const double term = double{x[static_cast<std::size_t>(t * k + i)]} * w[static_cast<std::size_t>(j * k + i)];
+            exact += term, size += std::abs(term);
+          }
+          const double error = std::abs(y[static_cast<std::size_t>(t * n + j)] - exact) / size;
+          if (!(error <= worst)) worst = error;  // an element left unwritten (NaN) stays the worst
+        }
+      CHECK(worst <= static_cast<double>(k) * 0x1p-24);
+    }
   }
 }
