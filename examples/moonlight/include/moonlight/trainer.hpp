@@ -222,7 +222,7 @@ class Trainer {
       std::vector<std::span<const std::int32_t>> sequences;
       const std::int64_t first = ((step() * o.grad_accum + a) * world() + rank()) * o.micro_batch;
       for (std::int64_t j = 0; j < o.micro_batch; ++j) sequences.push_back(data_.train(order_.at(first + j)));
-      const PassResult r = run_sequences(sequences, /*first=*/a == 0, load_, max_logits);
+      const PassResult r = run_sequences(sequences, /*first_of_step=*/a == 0, load_, max_logits);
       pass.loss_sum += r.loss_sum;
       pass.aux_sum += r.aux_sum;
     }
@@ -291,10 +291,10 @@ class Trainer {
 
   // Forward and backward over `sequences` (of equal length), each thread taking a contiguous share
   // in one pass (stacked, so that its products have that many more rows) and adding its gradients
-  // into its own buffer (grads_ for thread 0), which it zeroes first on the step's `first`
+  // into its own buffer (grads_ for thread 0), which it zeroes first on the step's first
   // micro-batch; expert loads land in `load`, the largest attention logits in `max_logits`.
-  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, bool first, ExpertLoad& load,
-                           MaxLogits& max_logits) {
+  PassResult run_sequences(std::span<const std::span<const std::int32_t>> sequences, bool first_of_step,
+                           ExpertLoad& load, MaxLogits& max_logits) {
     int threads = 1;
 #ifdef _OPENMP
     threads = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(sequences.size())));
@@ -318,7 +318,7 @@ class Trainer {
       const auto ut = static_cast<std::size_t>(t);
       std::span<float> grads = t == 0 ? std::span<float>(grads_) : std::span<float>(thread_grads_[ut - 1]);
       // Zeroed by the thread that fills it, in parallel (a serial fill held the other thread idle).
-      if (first) std::ranges::fill(grads, 0.0f);
+      if (first_of_step) std::ranges::fill(grads, 0.0f);
       const std::int64_t first = n * t / threads, last = n * (t + 1) / threads;
       std::vector<std::int32_t> inputs, targets;
       for (std::int64_t i = first; i < last; ++i) {
@@ -354,7 +354,8 @@ class Trainer {
 #pragma omp parallel for schedule(static)
     for (std::int64_t begin = 0; begin < n; begin += block) {
       const std::int64_t len = std::min(block, n - begin);
-      for (const std::vector<float>& g : thread_grads_) k.axpby(1.0f, g.data() + begin, 1.0f, grads_.data() + begin, len);
+      for (const std::vector<float>& g : thread_grads_)
+        k.axpby(1.0f, g.data() + begin, 1.0f, grads_.data() + begin, len);
       k.scale(grads_.data() + begin, len, scale);
     }
   }

@@ -43,8 +43,7 @@ struct SwiGlu {
     const Mat<S> da = linear_backward(tape.a, down, dy);
     Mat<S> dg(tape.g.rows(), tape.g.cols()), du(tape.u.rows(), tape.u.cols());
     if constexpr (std::is_same_v<S, float>) {
-      layer_kernels().silu_mul_backward(tape.g.data(), tape.u.data(), da.data(), dg.data(), du.data(),
-                                              tape.g.size());
+      layer_kernels().silu_mul_backward(tape.g.data(), tape.u.data(), da.data(), dg.data(), du.data(), tape.g.size());
     } else {
       for (std::int64_t i = 0; i < tape.g.size(); ++i) {
         const S z = tape.g.data()[i], s = sigmoid(z);
