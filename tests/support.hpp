@@ -37,6 +37,15 @@ inline std::vector<float> random_normal(std::size_t n, std::uint32_t seed, float
   return out;
 }
 
+// Uniform [lo, hi) values from a fixed seed.
+inline std::vector<float> random_uniform(std::size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
 // Singular values of one row-major rows×cols matrix, computed in double.
 inline Eigen::VectorXd singular_values(const float* data, std::int64_t rows, std::int64_t cols) {
   const Eigen::Map<const MatrixRM> m(data, rows, cols);

@@ -11,7 +11,7 @@
 #include <muon/cpu/elementwise.hpp>
 #include <muon/cpu/isa.hpp>
 #include <muon/muon.hpp>
-#include <random>
+#include "support.hpp"
 #include <string>
 #include <vector>
 
@@ -23,14 +23,6 @@ namespace {
 
 using muon::CpuIsa;
 namespace cpu = muon::cpu;
-
-std::vector<float> random_values(std::size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
 
 std::vector<CpuIsa> supported_levels() {
   std::vector<CpuIsa> levels;
@@ -82,8 +74,8 @@ TEST_CASE("a level the CPU lacks is refused by name") {
 }
 
 TEST_CASE("every supported level computes AdamW, momentum, axpby, scale and Σx² as a double loop does") {
-  const auto g = random_values(kN, 1), w0 = random_values(kN, 2), m0 = random_values(kN, 3);
-  const auto v0 = random_values(kN, 4, 0.0f, 1.0f);
+  const auto g = muon::test::random_uniform(kN, 1), w0 = muon::test::random_uniform(kN, 2), m0 = muon::test::random_uniform(kN, 3);
+  const auto v0 = muon::test::random_uniform(kN, 4, 0.0f, 1.0f);
   const cpu::AdamWFactors af{.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step_size = 0.01f / 0.19f,
                              .decay = 1.0f - 0.01f * 0.1f, .bc2_sqrt = std::sqrt(1.0f - 0.95f * 0.95f),
                              .grad_scale = 0.5f};
@@ -143,8 +135,8 @@ TEST_CASE("every supported level computes AdamW, momentum, axpby, scale and Σx�
 
 TEST_CASE("every supported level agrees with the baseline level on a whole optimizer step") {
   const std::size_t rows = 96, cols = 130;  // rows·cols not a multiple of any lane count
-  const auto g0 = random_values(rows * cols, 5), w0 = random_values(rows * cols, 6);
-  const auto e0 = random_values(cols, 7), de0 = random_values(cols, 8);
+  const auto g0 = muon::test::random_uniform(rows * cols, 5), w0 = muon::test::random_uniform(rows * cols, 6);
+  const auto e0 = muon::test::random_uniform(cols, 7), de0 = muon::test::random_uniform(cols, 8);
   std::vector<std::vector<float>> results;
   for (const CpuIsa isa : supported_levels()) {
     auto w = w0, g = g0, e = e0, de = de0;
@@ -172,8 +164,8 @@ TEST_CASE("every supported level agrees with the baseline level on a whole optim
 }
 
 TEST_CASE("an element's result does not depend on where its range is split") {
-  const auto g = random_values(kN, 9), w0 = random_values(kN, 10), m0 = random_values(kN, 11);
-  const auto v0 = random_values(kN, 12, 0.0f, 1.0f);
+  const auto g = muon::test::random_uniform(kN, 9), w0 = muon::test::random_uniform(kN, 10), m0 = muon::test::random_uniform(kN, 11);
+  const auto v0 = muon::test::random_uniform(kN, 12, 0.0f, 1.0f);
   const cpu::AdamWFactors af{.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step_size = 0.05f, .decay = 0.999f,
                              .bc2_sqrt = 0.3f, .grad_scale = 1.0f};
   for (const CpuIsa isa : supported_levels()) {
@@ -195,7 +187,7 @@ TEST_CASE("an element's result does not depend on where its range is split") {
 }
 
 TEST_CASE("the backend's Σx² is the same whatever the thread count") {
-  const auto x = random_values((std::size_t{1} << 20) + 13, 13);
+  const auto x = muon::test::random_uniform((std::size_t{1} << 20) + 13, 13);
   muon::EigenBackend cpu;
   const double first = cpu.sum_squares(x);
 #ifdef _OPENMP
@@ -213,7 +205,7 @@ TEST_CASE("the backend's Σx² is the same whatever the thread count") {
 
 TEST_CASE("the mirrored Gram product is symmetric at every level") {
   const std::int64_t n = 200, m = 77;
-  const auto x = random_values(static_cast<std::size_t>(n * m), 14);
+  const auto x = muon::test::random_uniform(static_cast<std::size_t>(n * m), 14);
   for (const CpuIsa isa : supported_levels()) {
     muon::EigenBackend cpu({.isa = isa});
     std::vector<float> c(static_cast<std::size_t>(n * n), NAN);
@@ -225,7 +217,7 @@ TEST_CASE("the mirrored Gram product is symmetric at every level") {
 }
 
 TEST_CASE("every supported level rounds to bf16 to nearest even, keeping NaN and infinities") {
-  std::vector<float> x = random_values(kN, 15);
+  std::vector<float> x = muon::test::random_uniform(kN, 15);
   const std::vector<std::uint32_t> special{0x3F808000u,   // halfway, even below: rounds down
                                            0x3F818000u,   // halfway, odd below: rounds up
                                            0x3F80FFFFu,   // just under halfway up
@@ -254,7 +246,7 @@ TEST_CASE("every supported level rounds to bf16 to nearest even, keeping NaN and
 
 TEST_CASE("every supported level mirrors the lower triangle exactly, whatever the row split") {
   for (const std::int64_t n : {1, 15, 16, 64, 77, 200}) {
-    const auto c0 = random_values(static_cast<std::size_t>(n * n), 16);
+    const auto c0 = muon::test::random_uniform(static_cast<std::size_t>(n * n), 16);
     auto want = c0;
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t j = 0; j < i; ++j)
@@ -273,8 +265,8 @@ TEST_CASE("every supported level mirrors the lower triangle exactly, whatever th
 }
 
 TEST_CASE("results do not depend on how the memory is aligned") {
-  const auto g = random_values(kN + 16, 17), w0 = random_values(kN + 16, 18), m0 = random_values(kN + 16, 19);
-  const auto v0 = random_values(kN + 16, 20, 0.0f, 1.0f);
+  const auto g = muon::test::random_uniform(kN + 16, 17), w0 = muon::test::random_uniform(kN + 16, 18), m0 = muon::test::random_uniform(kN + 16, 19);
+  const auto v0 = muon::test::random_uniform(kN + 16, 20, 0.0f, 1.0f);
   const cpu::AdamWFactors af{.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step_size = 0.05f, .decay = 0.999f,
                              .bc2_sqrt = 0.3f, .grad_scale = 1.0f};
   for (const CpuIsa isa : supported_levels()) {

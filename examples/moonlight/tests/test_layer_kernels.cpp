@@ -8,7 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <moonlight/layers/kernels.hpp>
-#include <random>
+#include "support.hpp"
 #include <string>
 #include <vector>
 
@@ -22,14 +22,6 @@ std::vector<muon::CpuIsa> supported_levels() {
   for (const muon::CpuIsa isa : muon::kAllCpuIsas)
     if (muon::cpu_supports(isa)) levels.push_back(isa);
   return levels;
-}
-
-std::vector<float> random_values(std::size_t n, unsigned seed, float lo, float hi) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
 }
 
 // The distance of `got` from the exact `want` in units of the last place of a float of want's
@@ -89,7 +81,7 @@ TEST_CASE("exp_sum: e^x within 1.5 ulp from underflow to overflow, with IEEE lim
 }
 
 TEST_CASE("exp_sum shifts, and its sum depends on the data only, never on the row's address or its tail") {
-  const std::vector<float> row = random_values(1000, 7, -30.0f, 5.0f);
+  const std::vector<float> row = muon::test::random_uniform(1000, 7, -30.0f, 5.0f);
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
     const LayerKernels& k = layer_kernels(isa);
@@ -139,8 +131,8 @@ TEST_CASE("max: the largest element at any length, NaNs ignored, -inf when there
 
 TEST_CASE("silu_mul and its backward equal the fp64 formulas within a few ulp") {
   // Gates over [-20, 20] and beyond either end of lane_exp's clamps, so that σ saturates both ways.
-  std::vector<float> g = random_values(4099, 11, -20.0f, 20.0f), u = random_values(4099, 12, -2.0f, 2.0f),
-                     da = random_values(4099, 13, -1.0f, 1.0f);
+  std::vector<float> g = muon::test::random_uniform(4099, 11, -20.0f, 20.0f), u = muon::test::random_uniform(4099, 12, -2.0f, 2.0f),
+                     da = muon::test::random_uniform(4099, 13, -1.0f, 1.0f);
   g[0] = -150.0f, g[1] = 150.0f, g[2] = 0.0f;
   const auto n = static_cast<std::int64_t>(g.size());
   for (const muon::CpuIsa isa : supported_levels()) {
@@ -174,14 +166,14 @@ TEST_CASE("few_rows_product equals the fp64 product, across token blocks and lef
   // k = 37 and n = 21: a weight row ends mid-vector and n leaves 5 rows after two groups of 8;
   // m up to 70 crosses every level's token block (4, 8, 16 lanes) and the 64-row threshold.
   const std::int64_t k = 37, n = 21;
-  const std::vector<float> w = random_values(static_cast<std::size_t>(n * k), 21, -1.0f, 1.0f);
+  const std::vector<float> w = muon::test::random_uniform(static_cast<std::size_t>(n * k), 21, -1.0f, 1.0f);
   for (const muon::CpuIsa isa : supported_levels()) {
     CAPTURE(std::string(muon::to_string(isa)));
     const LayerKernels& kernels = layer_kernels(isa);
     for (const std::int64_t m : {1, 3, 4, 5, 8, 12, 16, 17, 33, 64, 70}) {
       CAPTURE(m);
       const std::vector<float> x =
-          random_values(static_cast<std::size_t>(m * k), static_cast<unsigned>(m), -1.0f, 1.0f);
+          muon::test::random_uniform(static_cast<std::size_t>(m * k), static_cast<unsigned>(m), -1.0f, 1.0f);
       std::vector<float> y(static_cast<std::size_t>(m * n), std::nanf(""));
       kernels.few_rows_product(x.data(), m, k, w.data(), n, y.data());
       // Each element is a k-term fp32 sum: |error| ≤ k·2^-24·Σ|x·w| (the classic bound, ≈ 2.2e-6
